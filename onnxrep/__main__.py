@@ -1,0 +1,7 @@
+"""``python -m onnxrep``."""
+
+import sys
+
+from onnxrep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,253 @@
+"""Small helpers over onnx-graphsurgeon: reading the graph, and the one canonicalization.
+
+gs nodes and tensors are unhashable and compare by name, so identity is ``is`` and sets/dicts
+are keyed by ``id()`` throughout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+__all__ = [
+    "Names",
+    "ShapeInfo",
+    "Unsupported",
+    "attributes",
+    "canonicalize",
+    "constant",
+    "is_default_domain",
+    "producer",
+    "replace_uses",
+    "subgraph_references",
+]
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+               onnx.TensorProto.BFLOAT16)
+
+
+class Unsupported(ValueError):
+    """A node uses an attribute or form that a rule does not handle; the message says which."""
+
+
+def is_default_domain(node: gs.Node) -> bool:
+    return node.domain in ("", "ai.onnx", None)
+
+
+def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The values of a constant tensor (an initializer), else ``None``."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    return None
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def attributes(node: gs.Node, known: dict[str, object]) -> dict[str, object]:
+    """The node's attributes over ``known`` defaults; any other attribute is refused."""
+    unknown = sorted(set(node.attrs) - set(known))
+    if unknown:
+        raise Unsupported(f"{node.op} {node.name!r} has unhandled attribute(s) {unknown}")
+    values = dict(known)
+    values.update(node.attrs)
+    return values
+
+
+def subgraph_references(graph: gs.Graph) -> set[str]:
+    """Names of outer-scope tensors that subgraphs (If/Loop/Scan bodies) read implicitly."""
+    names: set[str] = set()
+    for node in graph.nodes:
+        for sub in _subgraphs(node):
+            local = {t.name for t in sub.inputs} | {
+                t.name for n in sub.nodes for t in n.outputs
+            }
+            for n in sub.nodes:
+                names.update(t.name for t in n.inputs if t.name and t.name not in local)
+            names.update(t.name for t in sub.outputs if t.name not in local)
+            names.update(subgraph_references(sub) - local)
+    return names
+
+
+def _subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            yield value
+        elif isinstance(value, list):
+            yield from (v for v in value if isinstance(v, gs.Graph))
+
+
+class Names:
+    """Fresh, unique, deterministic names for new tensors and nodes."""
+
+    def __init__(self, taken: Iterable[str]) -> None:
+        self._taken = set(taken)
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> Names:
+        return cls(_all_names(model.graph))
+
+    def fresh(self, hint: str) -> str:
+        base = re.sub(r"[^0-9A-Za-z_./:-]", "_", hint) or "onnxrep"
+        for i in itertools.count():
+            name = base if i == 0 else f"{base}_{i}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+        raise AssertionError("unreachable")
+
+
+def _all_names(g: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in g.initializer} | {v.name for v in g.input} | {
+        v.name for v in g.output
+    } | {v.name for v in g.value_info}
+    for node in g.node:
+        names.add(node.name)
+        names.update(node.input)
+        names.update(node.output)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _all_names(sub)
+    return names
+
+
+@dataclass
+class ShapeInfo:
+    """Element type and shape (ints, or ``None`` for unknown dims) of each tensor, by name."""
+
+    shapes: dict[str, tuple[int | None, ...] | None] = field(default_factory=dict)
+    dtypes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def infer(cls, model: onnx.ModelProto) -> ShapeInfo:
+        """Run ONNX shape inference on a copy of the model without its large weights."""
+        skeleton = _skeleton(model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+        except Exception:  # inference is advisory: without it only fewer folds are proven
+            inferred = skeleton
+        info = cls()
+        g = inferred.graph
+        for vi in itertools.chain(g.input, g.value_info, g.output):
+            info._add(vi)
+        for t in model.graph.initializer:
+            info.shapes[t.name] = tuple(t.dims)
+            info.dtypes[t.name] = t.data_type
+        return info
+
+    def _add(self, vi: onnx.ValueInfoProto) -> None:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            return
+        self.dtypes[vi.name] = tt.elem_type
+        if tt.HasField("shape"):
+            self.shapes[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+            )
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+    def dim(self, name: str, axis: int) -> int | None:
+        shape = self.shapes.get(name)
+        if shape is None or axis >= len(shape):
+            return None
+        return shape[axis]
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large float initializers replaced by data-free stand-ins of equal shape.
+
+    Shape inference reads the values of small integer tensors (Reshape targets, Pad amounts) but
+    only the shapes of weights, so this keeps inference cheap for large models.
+    """
+    skeleton = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "domain", "model_version"):
+        setattr(skeleton, name, getattr(model, name))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g = skeleton.graph
+    src = model.graph
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    declared = {v.name for v in src.input}
+    for t in src.initializer:
+        if t.data_type in FLOAT_TYPES and np.prod(t.dims, dtype=np.int64) > 64:
+            if t.name not in declared:
+                g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+        else:
+            g.initializer.append(t)
+    return skeleton
+
+
+# --------------------------------------------------------------------------------------------
+# canonicalization
+
+
+def canonicalize(graph: gs.Graph, pinned: set[str]) -> int:
+    """Identity nodes and Constant nodes become plain initializers; nothing else changes.
+
+    ``Constant`` → an initializer of the same name; ``Identity(t)`` → its consumers read ``t``.
+    Tensors in ``pinned`` (graph outputs, names subgraphs read) keep their producers.
+    Returns the number of nodes removed.
+    """
+    removed: set[int] = set()
+    outputs = {id(t) for t in graph.outputs}
+    for node in graph.nodes:
+        if not is_default_domain(node) or len(node.outputs) != 1:
+            continue
+        out = node.outputs[0]
+        if out.name in pinned or id(out) in outputs:
+            continue
+        if node.op == "Constant":
+            values = _constant_node_value(node)
+            if values is None:
+                continue
+            replacement: gs.Tensor = gs.Constant(out.name, values)
+        elif node.op == "Identity" and node.inputs and not node.attrs:
+            replacement = node.inputs[0]
+        else:
+            continue
+        replace_uses(out, replacement)
+        node.outputs.clear()
+        node.inputs.clear()
+        removed.add(id(node))
+    if removed:
+        graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    return len(removed)
+
+
+def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node that reads ``old`` reads ``new`` instead."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray | None:
+    attrs = node.attrs
+    if "value" in attrs:
+        value = attrs["value"]
+        return value.values if isinstance(value, gs.Constant) else None
+    scalar = {"value_float": np.float32, "value_int": np.int64}
+    for key, dtype in scalar.items():
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    vector = {"value_floats": np.float32, "value_ints": np.int64}
+    for key, dtype in vector.items():
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    return None  # strings and sparse values stay as they are
+
+

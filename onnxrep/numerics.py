@@ -1,0 +1,525 @@
+"""The algebra of structural re-parameterization, in float64 numpy.
+
+Every tensor a fold touches is described as an *affine map* of one source tensor ``x``
+(layout ``[N, C, *spatial]``):
+
+``ConvMap``        ``y = conv(zero_pad(x, pads), W, strides, dilations, group) + b``
+``ChannelAffine``  ``y = scale * zero_pad(x, pads) + shift``  (per channel; the identity is
+                   ``scale = 1, shift = 0``; ``Pad`` is the identity with pads)
+
+Maps compose, and each operation below returns a new map or raises :class:`Inexact` with a
+reason a user can read. Nothing here knows about ONNX graphs; callers cast the float64 result
+once to the model's dtype.
+
+Kernel frames (shared/REPARAM.md §2). Along one spatial axis a conv reads input index
+``o*s - p0 + j*d`` for tap ``j``. Placed into a ``K``-tap kernel at offset ``L`` of a conv with
+begin pad ``P0`` it reads ``o*s - P0 + (j+L)*d``, so ``L = (P0 - p0)/d`` must be a non-negative
+integer. Output lengths ``floor((n + p0 + p1 - d*(k-1) - 1)/s) + 1`` agree for every input
+length ``n`` exactly when the strides and the *extents* ``p0 + p1 - d*(k-1)`` agree.
+
+Border values. A pointwise map (1-tap kernel, stride 1) evaluated on its zero padding gives its
+bias, so a pointwise map with pads describes "the map, padded with its bias". A conv that zero-
+pads such a map therefore merges exactly only when that bias is 0 (shared/REPARAM.md §3, §5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+__all__ = [
+    "ChannelAffine",
+    "ConvMap",
+    "Inexact",
+    "Map",
+    "add",
+    "affine",
+    "avg_pool",
+    "batch_norm_affine",
+    "compose",
+    "concat",
+    "identity_kernel",
+    "macs",
+    "pad",
+    "resolve_auto_pad",
+    "to_conv",
+]
+
+
+class Inexact(ValueError):
+    """A rewrite that would not be exact; the message says why."""
+
+
+@dataclass(frozen=True, eq=False)
+class ConvMap:
+    """``y = conv(zero_pad(x, pads), weight, strides, dilations, group) + bias``.
+
+    ``weight`` is float64 ``[Cout, Cin/group, *kernel]``, ``bias`` float64 ``[Cout]``, ``pads``
+    in ONNX order (all begins, then all ends). ``auto_pad`` is ``"NOTSET"`` unless the padding
+    depends on the input size (``SAME_*`` with a stride > 1 and unknown input size); such a map
+    can only be rescaled per channel, never re-framed.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+    group: int = 1
+    auto_pad: str = "NOTSET"
+
+    @property
+    def rank(self) -> int:
+        return self.weight.ndim - 2
+
+    @property
+    def cout(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def cin(self) -> int:
+        return self.weight.shape[1] * self.group
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:])
+
+    @property
+    def pointwise(self) -> bool:
+        """One tap and stride 1 on every axis: the map mixes channels only."""
+        return all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides)
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelAffine:
+    """``y = scale * zero_pad(x, pads) + shift`` with per-channel (or scalar) scale and shift.
+
+    ``scale`` and ``shift`` are float64 vectors of length ``channels`` or 1. ``channels`` is
+    ``None`` while nothing has fixed the channel count (the identity of an unknown tensor).
+    """
+
+    rank: int
+    scale: np.ndarray
+    shift: np.ndarray
+    pads: tuple[int, ...]
+    channels: int | None = None
+
+    @staticmethod
+    def identity(rank: int, channels: int | None = None) -> ChannelAffine:
+        return ChannelAffine(rank, np.ones(1), np.zeros(1), (0,) * (2 * rank), channels)
+
+    @property
+    def is_identity(self) -> bool:
+        return (
+            not any(self.pads) and bool(np.all(self.scale == 1)) and bool(np.all(self.shift == 0))
+        )
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return (1,) * self.rank
+
+    @property
+    def pointwise(self) -> bool:
+        return True
+
+
+Map = ConvMap | ChannelAffine
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _vec(values: np.ndarray | float, channels: int | None, what: str) -> np.ndarray:
+    """A float64 vector of length 1 or ``channels``."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size != 1 and channels is not None and v.size != channels:
+        raise Inexact(f"{what} has {v.size} values for {channels} channels")
+    return v
+
+
+def _channels_of(m: Map) -> int | None:
+    return m.cout if isinstance(m, ConvMap) else m.channels
+
+
+def _spatial(x: np.ndarray, rank: int) -> tuple[slice | None, ...]:
+    """Index that broadcasts a per-output-channel vector over ``[Cout, Cin/g, *kernel]``."""
+    del x
+    return (slice(None),) + (None,) * (rank + 1)
+
+
+def macs(m: Map) -> float:
+    """Multiply-accumulates per input pixel per image (the cost model of merge decisions)."""
+    if isinstance(m, ChannelAffine):
+        return 0.0
+    return m.cout * m.weight.shape[1] * math.prod(m.kernel) / math.prod(m.strides)
+
+
+def identity_kernel(channels: int, group: int, rank: int) -> np.ndarray:
+    """The group-aware identity: ``W[i, i mod (C/g), centre] = 1``, shape ``[C, C/g, 1...]``."""
+    if channels % group:
+        raise Inexact(f"{channels} channels do not split into {group} groups")
+    per_group = channels // group
+    w = np.zeros((channels, per_group) + (1,) * rank)
+    idx = np.arange(channels)
+    w[(idx, idx % per_group) + (0,) * rank] = 1.0
+    return w
+
+
+def to_conv(m: Map, group: int, channels: int | None = None) -> ConvMap:
+    """``m`` as a ``ConvMap`` with ``group`` groups (a ChannelAffine becomes a diagonal conv)."""
+    if isinstance(m, ConvMap):
+        return m
+    c = m.channels if m.channels is not None else channels
+    if c is None:
+        raise Inexact("the channel count of an identity branch is unknown")
+    scale = _vec(m.scale, c, "scale")
+    w = identity_kernel(c, group, m.rank) * scale[_spatial(scale, m.rank)]
+    bias = np.broadcast_to(_vec(m.shift, c, "shift"), (c,)).copy()
+    return ConvMap(w, bias, (1,) * m.rank, (1,) * m.rank, m.pads, group)
+
+
+def _dense(m: ConvMap) -> np.ndarray:
+    """The block-diagonal ``[Cout, Cin, *kernel]`` weight of a grouped conv."""
+    if m.group == 1:
+        return m.weight
+    out_g, in_g = m.cout // m.group, m.weight.shape[1]
+    dense = np.zeros((m.cout, m.cin, *m.kernel))
+    for g in range(m.group):
+        dense[g * out_g : (g + 1) * out_g, g * in_g : (g + 1) * in_g] = m.weight[
+            g * out_g : (g + 1) * out_g
+        ]
+    return dense
+
+
+def _channelwise(m: ConvMap) -> bool:
+    """Each output channel reads only the input channel of the same index (depthwise, x1)."""
+    return m.group == m.cin == m.cout
+
+
+def _apply_channels(m: ConvMap, values: np.ndarray) -> np.ndarray:
+    """``Σ_{i, taps} W[o, i, taps] · values[i]``: the conv's response to a constant input."""
+    g = m.group
+    taps = m.weight.reshape(m.cout, m.weight.shape[1], -1).sum(axis=2)
+    per_group = np.broadcast_to(values, (m.cin,)).reshape(g, -1)
+    return np.einsum("goi,gi->go", taps.reshape(g, m.cout // g, -1), per_group).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# per-channel affine after a map (BatchNormalization, Mul/Add/Sub/Div by a constant)
+
+
+def affine(m: Map, scale: np.ndarray | float, shift: np.ndarray | float) -> Map:
+    """``scale * m(x) + shift`` per output channel.
+
+    ConvMap: ``W' = W * scale[:, None, ...]``, ``b' = b * scale + shift``; always exact.
+    """
+    channels = _channels_of(m)
+    scale = _vec(scale, channels, "scale")
+    shift = _vec(shift, channels, "shift")
+    if isinstance(m, ChannelAffine):
+        n = max(m.scale.size, m.shift.size, scale.size, shift.size)
+        ch = m.channels if m.channels is not None else (n if n > 1 else None)
+        return ChannelAffine(m.rank, m.scale * scale, m.shift * scale + shift, m.pads, ch)
+    weight = m.weight * np.broadcast_to(scale, (m.cout,))[_spatial(scale, m.rank)]
+    bias = m.bias * scale + shift
+    return replace(m, weight=weight, bias=np.broadcast_to(bias, (m.cout,)).copy())
+
+
+def batch_norm_affine(
+    gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``BN(y) = t * y + (beta - mean * t)`` with ``t = gamma / sqrt(var + eps)``."""
+    g, b, mu, v = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (gamma, beta, mean, var))
+    t = g / np.sqrt(v + np.float64(eps))
+    return t, b - mu * t
+
+
+# --------------------------------------------------------------------------------------------
+# kernel frames
+
+
+@dataclass(frozen=True)
+class _Axis:
+    k: int
+    s: int
+    d: int
+    p0: int
+    p1: int
+
+
+def _axes(m: Map) -> list[_Axis]:
+    if isinstance(m, ConvMap) and m.auto_pad != "NOTSET":
+        raise Inexact(f"auto_pad={m.auto_pad} with stride > 1 depends on the input size")
+    r = m.rank
+    kernel = m.kernel if isinstance(m, ConvMap) else (1,) * r
+    dil = m.dilations if isinstance(m, ConvMap) else (1,) * r
+    return [_Axis(kernel[i], m.strides[i], dil[i], m.pads[i], m.pads[r + i]) for i in range(r)]
+
+
+def _align(maps: Sequence[Map]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...],
+                                          list[tuple[int, ...]]]:
+    """Common frame of several maps on one input.
+
+    Returns ``(kernel, dilations, pads, offsets)``: the merged kernel shape, dilations, ONNX pads
+    and, per map, the offset of its kernel inside the merged one.
+    """
+    ranks = {m.rank for m in maps}
+    if len(ranks) != 1:
+        raise Inexact(f"branches have different spatial ranks {sorted(ranks)}")
+    (r,) = ranks
+    per_map = [_axes(m) for m in maps]
+    kernel, dilations, begins, ends = [], [], [], []
+    offsets: list[list[int]] = [[] for _ in maps]
+    for i in range(r):
+        axes = [a[i] for a in per_map]
+        strides = {a.s for a in axes}
+        if len(strides) != 1:
+            raise Inexact(f"branches have different strides {sorted(strides)} on axis {i}")
+        dil = {a.d for a in axes if a.k > 1}
+        if len(dil) > 1:
+            raise Inexact(f"branches have different dilations {sorted(dil)} on axis {i}")
+        d = dil.pop() if dil else 1
+        extents = {a.p0 + a.p1 - d * (a.k - 1) for a in axes}
+        if len(extents) != 1:
+            raise Inexact(f"branch output sizes differ on axis {i} (pads do not align)")
+        p0 = max(a.p0 for a in axes)
+        if any((p0 - a.p0) % d for a in axes):
+            raise Inexact(f"pads are not a whole number of dilated taps apart on axis {i}")
+        offs = [(p0 - a.p0) // d for a in axes]
+        k = max(o + a.k for o, a in zip(offs, axes, strict=True))
+        p1 = extents.pop() + d * (k - 1) - p0
+        kernel.append(k)
+        dilations.append(d)
+        begins.append(p0)
+        ends.append(p1)
+        for j, o in enumerate(offs):
+            offsets[j].append(o)
+    return tuple(kernel), tuple(dilations), tuple(begins + ends), [tuple(o) for o in offsets]
+
+
+def _place(weight: np.ndarray, kernel: tuple[int, ...], offset: tuple[int, ...]) -> np.ndarray:
+    """Put ``weight`` into a zero kernel of shape ``kernel`` at ``offset``."""
+    out = np.zeros(weight.shape[:2] + kernel)
+    taps = (slice(o, o + k) for o, k in zip(offset, weight.shape[2:], strict=True))
+    index = (slice(None), slice(None), *taps)
+    out[index] = weight
+    return out
+
+
+def _common_group(maps: Sequence[Map]) -> int:
+    groups = {m.group for m in maps if isinstance(m, ConvMap)}
+    if len(groups) > 1:
+        raise Inexact(f"branches have different group counts {sorted(groups)}")
+    return groups.pop() if groups else 1
+
+
+def _channel_count(maps: Sequence[Map], what: str) -> int | None:
+    counts = {c for c in map(_channels_of, maps) if c is not None}
+    if len(counts) > 1:
+        raise Inexact(f"{what} have different channel counts {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
+# --------------------------------------------------------------------------------------------
+# parallel branches
+
+
+def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
+    """``Σ sign_i * m_i(x)``: kernels placed in a common frame and summed; biases summed."""
+    signs = list(signs) if signs is not None else [1.0] * len(maps)
+    if all(isinstance(m, ChannelAffine) for m in maps):
+        pads = {m.pads for m in maps}
+        if len(pads) != 1:
+            raise Inexact("padded identity branches with different pads")
+        ch = _channel_count(maps, "branches")
+        scale = sum(s * _vec(m.scale, ch, "scale") for s, m in zip(signs, maps, strict=True))
+        shift = sum(s * _vec(m.shift, ch, "shift") for s, m in zip(signs, maps, strict=True))
+        return ChannelAffine(maps[0].rank, scale, shift, pads.pop(), ch)
+    group = _common_group(maps)
+    couts = {m.cout for m in maps if isinstance(m, ConvMap)}
+    cins = {m.cin for m in maps if isinstance(m, ConvMap)}
+    if len(couts) != 1 or len(cins) != 1:
+        raise Inexact("branches have different channel counts")
+    (cout,), (cin,) = couts, cins
+    for m in maps:
+        if isinstance(m, ChannelAffine):
+            if cin != cout:
+                raise Inexact(f"identity branch needs equal in/out channels ({cin} != {cout})")
+            if m.channels is not None and m.channels != cout:
+                raise Inexact("identity branch has a different channel count")
+    convs = [to_conv(m, group, cout) for m in maps]
+    kernel, dilations, pads, offsets = _align(convs)
+    weight = sum(
+        s * _place(m.weight, kernel, o) for s, m, o in zip(signs, convs, offsets, strict=True)
+    )
+    bias = sum(s * m.bias for s, m in zip(signs, convs, strict=True))
+    return ConvMap(weight, bias, convs[0].strides, dilations, pads, group)
+
+
+def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
+    """Maps of one input stacked along the output channels (shared/REPARAM.md §4)."""
+    cins = {m.cin for m in maps if isinstance(m, ConvMap)}
+    if not cins and channels is None:
+        raise Inexact("the channel count of an identity branch is unknown")
+    if len(cins) > 1:
+        raise Inexact("concatenated branches read different channel counts")
+    cin = cins.pop() if cins else channels
+    groups = {m.group for m in maps if isinstance(m, ConvMap)}
+    if groups - {1}:
+        raise Inexact(f"concat of grouped convolutions (groups {sorted(groups)})")
+    convs = [to_conv(m, 1, cin) for m in maps]
+    kernel, dilations, pads, offsets = _align(convs)
+    weight = np.concatenate(
+        [_place(m.weight, kernel, o) for m, o in zip(convs, offsets, strict=True)]
+    )
+    bias = np.concatenate([m.bias for m in convs])
+    return ConvMap(weight, bias, convs[0].strides, dilations, pads, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# sequential maps
+
+
+def _border_ok(bias: np.ndarray, outer_pads: tuple[int, ...], what: str) -> None:
+    if any(outer_pads) and np.any(bias != 0):
+        raise Inexact(f"{what} zero-pads a tensor whose border value (its bias) is not 0")
+
+
+def _contract_groups(inner: ConvMap, outer: ConvMap) -> tuple[np.ndarray, int]:
+    """Channel contraction of ``outer ∘ inner`` when one of them has a single tap.
+
+    Returns the composite weight ``[Cout, Cin/g, *kernel]`` and its group count ``g``:
+    ``W[o, i, taps] = Σ_m outer[o, m, taps_B] · inner[m, i, taps_A]`` per group. A channelwise
+    side (depthwise with one output per input) keeps the other side's groups.
+    """
+    if _channelwise(inner):
+        g, per_in = outer.group, outer.weight.shape[1]
+        m = (np.arange(outer.cout)[:, None] // (outer.cout // g)) * per_in + np.arange(per_in)
+        return outer.weight * inner.weight[:, 0][m], g
+    if _channelwise(outer):
+        return inner.weight * outer.weight[:, 0][:, None], inner.group
+    if inner.group == outer.group:
+        g = inner.group
+        a = inner.weight.reshape((g, inner.cout // g, *inner.weight.shape[1:]))
+        b = outer.weight.reshape((g, outer.cout // g, *outer.weight.shape[1:]))
+    else:
+        g = 1
+        a = _dense(inner)[None]
+        b = _dense(outer)[None]
+    if all(k == 1 for k in inner.kernel):
+        w = np.einsum("gom...,gmi->goi...", b, a.reshape(a.shape[:3]))
+    else:
+        w = np.einsum("gom,gmi...->goi...", b.reshape(b.shape[:3]), a)
+    return w.reshape((w.shape[0] * w.shape[1], *w.shape[2:])), g
+
+
+def compose(inner: Map, outer: Map) -> Map:
+    """``outer(inner(x))`` as one map (shared/REPARAM.md §3).
+
+    Exact when ``inner`` is pointwise with stride 1 (then the pads add up, and ``outer`` must not
+    zero-pad a non-zero bias), or when ``outer`` is pointwise with stride 1 and no pads
+    (``W = W_outer · W_inner``, ``b = W_outer · b_inner + b_outer``; always exact).
+    """
+    if inner.rank != outer.rank:
+        raise Inexact("maps of different spatial rank")
+    ch_in, ch_out = _channels_of(inner), (
+        outer.cin if isinstance(outer, ConvMap) else outer.channels
+    )
+    if ch_in is not None and ch_out is not None and ch_in != ch_out:
+        raise Inexact(f"channel counts do not chain ({ch_in} -> {ch_out})")
+    if isinstance(outer, ChannelAffine):
+        # scale * zero_pad(inner) + shift
+        scaled = affine(inner, outer.scale, np.zeros(1))
+        if any(outer.pads):
+            scaled = pad(scaled, outer.pads, 0.0)
+        return affine(scaled, np.ones(1), outer.shift)
+    if isinstance(inner, ChannelAffine):
+        _border_ok(inner.shift, outer.pads, "the conv")
+        inner = to_conv(inner, outer.cin, outer.cin)
+    if inner.pointwise and not (isinstance(inner, ConvMap) and inner.auto_pad != "NOTSET"):
+        if outer.auto_pad != "NOTSET" and any(inner.pads):
+            raise Inexact(f"auto_pad={outer.auto_pad} after a padded map")
+        _border_ok(inner.bias, outer.pads, "the second conv")
+        weight, group = _contract_groups(inner, outer)
+        bias = outer.bias + _apply_channels(outer, inner.bias)
+        pads = tuple(a + b for a, b in zip(inner.pads, outer.pads, strict=True))
+        return ConvMap(weight, bias, outer.strides, outer.dilations, pads, group, outer.auto_pad)
+    if outer.pointwise and not any(outer.pads) and outer.auto_pad == "NOTSET":
+        weight, group = _contract_groups(inner, outer)
+        bias = outer.bias + _apply_channels(outer, inner.bias)
+        return replace(inner, weight=weight, bias=bias, group=group)
+    raise Inexact("neither convolution is 1x1 with stride 1 (and no pads after)")
+
+
+def pad(m: Map, pads: tuple[int, ...], value: np.ndarray | float) -> Map:
+    """``m(x)`` padded on the spatial axes by ``pads`` with (per-channel) ``value``.
+
+    Exact when ``m`` is pointwise and its bias equals ``value`` (its border then *is* its bias);
+    the pads join the map's own. Pass the already-checked bias as ``value`` for a border fill.
+    """
+    if not m.pointwise or (isinstance(m, ConvMap) and m.auto_pad != "NOTSET"):
+        raise Inexact("padding after a convolution with a kernel larger than 1x1 or a stride")
+    bias = m.bias if isinstance(m, ConvMap) else m.shift
+    value = np.asarray(value, dtype=np.float64).reshape(-1)
+    if np.any(np.broadcast_to(bias, np.broadcast_shapes(bias.shape, value.shape)) != value):
+        raise Inexact("pad value differs from the padded tensor's value at zero input")
+    new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
+    return replace(m, pads=new_pads)
+
+
+def avg_pool(
+    channels: int,
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    pads: tuple[int, ...],
+    dilations: tuple[int, ...] | None = None,
+) -> ConvMap:
+    """``AveragePool`` (count_include_pad=1, or no pads) as a depthwise conv of ``1/prod(k)``."""
+    rank = len(kernel)
+    w = np.full((channels, 1, *tuple(kernel)), 1.0 / math.prod(kernel))
+    return ConvMap(
+        w, np.zeros(channels), tuple(strides), tuple(dilations or (1,) * rank), tuple(pads),
+        channels,
+    )
+
+
+def resolve_auto_pad(
+    auto_pad: str,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    input_size: Sequence[int | None] | None,
+) -> tuple[int, ...] | None:
+    """Explicit ONNX pads for ``auto_pad``, or ``None`` when they depend on the input size.
+
+    ``SAME_*``: total pad ``max((ceil(n/s) - 1)*s + (k-1)*d + 1 - n, 0)``, which is
+    ``(k-1)*d`` whatever ``n`` when ``s == 1``; SAME_UPPER puts the odd pixel at the end.
+    """
+    r = len(kernel)
+    if auto_pad == "VALID":
+        return (0,) * (2 * r)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise Inexact(f"unknown auto_pad {auto_pad!r}")
+    begins, ends = [], []
+    for i in range(r):
+        k, s, d = kernel[i], strides[i], dilations[i]
+        if s == 1:
+            total = (k - 1) * d
+        else:
+            n = input_size[i] if input_size is not None else None
+            if n is None:
+                return None
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        small = total // 2
+        if auto_pad == "SAME_UPPER":
+            begins.append(small)
+            ends.append(total - small)
+        else:
+            begins.append(total - small)
+            ends.append(small)
+    return tuple(begins + ends)
+

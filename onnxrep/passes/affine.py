@@ -1,0 +1,38 @@
+"""Conv followed by Mul / Add / Sub / Div with a scalar or per-channel constant (§1).
+
+Before → after: ``Mul(Conv(x, W, b), a)`` → ``Conv(x, W * a, b * a)``; ``Add(.., c)`` adds ``c``
+to the bias; ``Sub(c, y)`` is ``-y + c``; ``Div(y, c)`` is ``y * (1/c)``. Either operand order.
+Exact for every input. The constant must broadcast along the channel axis only (shape ``[C]``
+aligned to axis 1, e.g. ``[1, C, 1, 1]``, or a scalar); anything that would change the output
+shape, divide by zero, or divide a constant by the tensor is refused. On a branch this is
+PP-YOLOE's ``alpha * conv1x1bn(x)`` and the per-channel ``s`` of a scaled residual.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from onnxrep import numerics as nx
+from onnxrep.graph import Unsupported
+from onnxrep.passes.channelwise import BINARY_OPS, binary_affine, constant_operand
+from onnxrep.passes.regions import Candidate, RegionContext, rule
+
+FAMILY = "conv-affine"
+
+
+@rule(FAMILY, *BINARY_OPS)
+def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
+    found = constant_operand(node)
+    if found is None:
+        return []
+    var, _ = found
+    out = []
+    for c in ctx.operands(node, var, FAMILY):
+        channels = c.map.cout if isinstance(c.map, nx.ConvMap) else c.map.channels
+        try:
+            scale, shift = binary_affine(node, c.map.rank + 2, channels)
+            out.append(c.then(node, nx.affine(c.map, scale, shift), FAMILY))
+        except (Unsupported, nx.Inexact) as e:
+            if c.nodes:
+                ctx.note(node, FAMILY, str(e))
+    return out

@@ -1,0 +1,81 @@
+"""Reading per-channel affine nodes: BatchNormalization and Mul/Add/Sub/Div by a constant.
+
+Shared by the region rules (conv_bn, affine) and the dense-layer chains (gemm,
+conv_transpose): each turns a node into ``y = scale * x + shift`` per channel, or refuses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import numerics as nx
+from onnxrep.graph import Unsupported, attributes, constant
+
+BN_ATTRS = {
+    "epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1, "is_test": 1,
+    "consumed_inputs": None,
+}
+BINARY_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+def batch_norm(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    """``(t, s)`` with ``BN(y) = t * y + s`` for an inference-mode BatchNormalization."""
+    attrs = attributes(node, BN_ATTRS)
+    if int(attrs["training_mode"]) != 0 or len([o for o in node.outputs if o.name]) > 1:
+        raise Unsupported(f"BatchNormalization {node.name!r} is in training mode")
+    if int(attrs["spatial"]) != 1:
+        raise Unsupported(f"BatchNormalization {node.name!r} has spatial=0")
+    params = [constant(t) for t in node.inputs[1:5]]
+    if len(params) != 4 or any(p is None for p in params):
+        raise Unsupported(f"BatchNormalization {node.name!r} has parameters that are not constants")
+    return nx.batch_norm_affine(*params, eps=float(attrs["epsilon"]))  # type: ignore[misc]
+
+
+def constant_operand(node: gs.Node) -> tuple[int, np.ndarray] | None:
+    """``(index of the variable input, the constant)`` for a binary op with one constant input."""
+    if node.op not in BINARY_OPS or len(node.inputs) != 2 or node.attrs:
+        return None
+    values = [constant(t) for t in node.inputs]
+    if (values[0] is None) == (values[1] is None):
+        return None
+    var = 0 if values[0] is None else 1
+    return var, values[1 - var]  # type: ignore[return-value]
+
+
+def per_channel(values: np.ndarray, rank: int, channels: int | None) -> np.ndarray:
+    """A constant that broadcasts over ``[N, C, *spatial]`` (``rank`` dims) along C only, as a
+    float64 vector of length 1 or C."""
+    if values.ndim > rank:
+        raise nx.Inexact(f"a constant of shape {list(values.shape)} raises the tensor's rank")
+    shape = (1,) * (rank - values.ndim) + values.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != 1):
+        raise nx.Inexact(f"a constant of shape {list(values.shape)} is not per channel")
+    if shape[1] != 1 and channels is not None and shape[1] != channels:
+        raise nx.Inexact(f"a constant of {shape[1]} values for {channels} channels")
+    if values.dtype.kind != "f":
+        raise nx.Inexact(f"a {values.dtype} constant")
+    return values.astype(np.float64).reshape(-1)
+
+
+def binary_affine(node: gs.Node, rank: int, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)`` of ``Mul/Add/Sub/Div(x, c)`` (either order where that is affine)."""
+    found = constant_operand(node)
+    if found is None:
+        raise Unsupported(f"{node.op} {node.name!r} has no single constant operand")
+    var, c = found
+    v = per_channel(c, rank, channels)
+    if not np.all(np.isfinite(v)):
+        raise nx.Inexact(f"{node.op} {node.name!r} uses a constant that is not finite")
+    one, zero = np.ones(1), np.zeros(1)
+    if node.op == "Mul":
+        return v, zero
+    if node.op == "Add":
+        return one, v
+    if node.op == "Sub":
+        return (one, -v) if var == 0 else (-one, v)
+    if var == 1:
+        raise Unsupported(f"Div {node.name!r} divides a constant by the tensor")
+    if np.any(v == 0):
+        raise nx.Inexact(f"Div {node.name!r} divides by zero")
+    return 1.0 / v, zero

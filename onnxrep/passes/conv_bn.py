@@ -1,0 +1,37 @@
+"""Conv → BatchNormalization (shared/REPARAM.md §1), and BatchNormalization on a branch input.
+
+Before → after: ``BN(Conv(x, W, b))`` → ``Conv(x, W', b')`` with ``t = gamma / sqrt(var + eps)``,
+``W' = W * t[:, None, ...]``, ``b' = beta + (b - mean) * t``. Exact for every input. A BN that
+reads a tensor directly is the per-channel map ``t * x + (beta - mean * t)``, which joins a
+branch sum as a group-aware identity kernel (RepVGG's identity branch).
+
+Refused: ``training_mode=1`` (or training outputs), ``spatial=0``, parameters that are not
+constants; a BN whose input is also read elsewhere keeps that input (see regions).
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from onnxrep import numerics as nx
+from onnxrep.graph import Unsupported
+from onnxrep.passes.channelwise import batch_norm
+from onnxrep.passes.regions import Candidate, RegionContext, rule
+
+FAMILY = "conv-bn"
+
+
+@rule(FAMILY, "BatchNormalization")
+def batch_norm_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
+    try:
+        t, s = batch_norm(node)
+    except Unsupported as e:
+        ctx.note(node, FAMILY, str(e))
+        return []
+    out = []
+    for c in ctx.operands(node, 0, FAMILY):
+        try:
+            out.append(c.then(node, nx.affine(c.map, t, s), FAMILY))
+        except nx.Inexact as e:
+            ctx.note(node, FAMILY, str(e))
+    return out

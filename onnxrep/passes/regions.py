@@ -1,0 +1,354 @@
+"""Linear regions: every tensor that is an affine function of one tensor becomes one Conv.
+
+Before → after: ``Add(BN(Conv3x3(x)), BN(Conv1x1(x)), BN(x))`` → ``Conv3x3'(x)``.
+
+The pass is an abstract interpretation in topological order. Each tensor ``t`` gets a list of
+*candidates* ``(source, map, nodes)``: "``t = map(source)``, computed by exactly ``nodes``", where
+``map`` is a :mod:`onnxrep.numerics` ``ConvMap`` or ``ChannelAffine``. Family rules (one module
+each: conv_bn, affine, branches, sequential, concat, pooling, padding) say how a node turns its
+operands' candidates into its own; an operand contributes more than its own identity only when
+this node is its sole reader and it is not a graph output, so a region never swallows a tensor
+someone else needs. Then, in reverse order, every *root* — a tensor read outside any region — is
+rewritten as one Conv from its largest candidate that contains a Conv, is exact (the numerics
+raise ``Inexact`` otherwise) and costs no more multiply-accumulates than the nodes it replaces.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import numerics as nx
+from onnxrep.graph import Names, ShapeInfo, Unsupported, attributes, constant, is_default_domain
+from onnxrep.result import Fold, Skip
+
+MAX_CANDIDATES = 8
+"""Sources remembered per tensor (nearest first); bounds the work on long linear chains."""
+
+LABEL_ORDER = (
+    "branches", "concat", "sequential", "avgpool", "border-fill", "pad", "conv-bn", "conv-affine",
+)
+"""A rewritten region is reported under the first family of this list that it used."""
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """``map(source)``, computed by ``nodes`` at a cost of ``macs`` per source pixel."""
+
+    source: gs.Variable
+    map: nx.Map
+    nodes: tuple[gs.Node, ...] = ()
+    macs: float = 0.0
+    families: frozenset[str] = frozenset()
+
+    def then(self, node: gs.Node, new_map: nx.Map, family: str, macs: float = 0.0) -> Candidate:
+        """This candidate extended by ``node``, whose output is ``new_map(source)``."""
+        return Candidate(
+            self.source, new_map, (*self.nodes, node), self.macs + macs,
+            self.families | {family},
+        )
+
+
+def join(
+    node: gs.Node, parts: list[Candidate], new_map: nx.Map, family: str
+) -> Candidate:
+    """The candidate of ``node`` combining one candidate per input (sums, concats)."""
+    nodes: dict[int, gs.Node] = {}
+    for p in parts:
+        nodes.update((id(n), n) for n in p.nodes)
+    unique = {id(t): p for t, p in zip(node.inputs, parts, strict=True)}  # Add(t, t) costs once
+    return Candidate(
+        parts[0].source, new_map, (*nodes.values(), node),
+        sum(p.macs for p in unique.values()),
+        frozenset().union(*(p.families for p in parts)) | {family},
+    )
+
+
+Rule = Callable[[gs.Node, "RegionContext"], list[Candidate]]
+RULES: dict[str, list[tuple[str, Rule]]] = {}
+
+
+def rule(family: str, *ops: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the transfer function of ``family`` for ``ops``."""
+
+    def register(fn: Rule) -> Rule:
+        for op in ops:
+            RULES.setdefault(op, []).append((family, fn))
+        return fn
+
+    return register
+
+
+@dataclass
+class RegionContext:
+    """What rules may ask while the pass walks the graph."""
+
+    graph: gs.Graph
+    shapes: ShapeInfo
+    pinned: set[str]
+    skip: frozenset[str] = frozenset()
+    candidates: dict[int, list[Candidate]] = field(default_factory=dict)
+    opaque: dict[int, str] = field(default_factory=dict)
+    notes: list[tuple[gs.Node, str, str]] = field(default_factory=list)
+
+    def enabled(self, family: str) -> bool:
+        return family not in self.skip
+
+    def note(self, node: gs.Node, family: str, reason: str) -> None:
+        """Record why ``node`` was not folded (shown under ``--explain`` if it survives)."""
+        self.notes.append((node, family, reason))
+
+    def shared_reason(self, t: gs.Tensor, reader: gs.Node) -> str | None:
+        """Why ``reader`` may not absorb the computation of ``t`` (None when it may)."""
+        if t.name in self.pinned or any(o is t for o in self.graph.outputs):
+            return f"{t.name!r} is a graph output"
+        others = {id(n): n for n in t.outputs if n is not reader}
+        if others:
+            names = ", ".join(repr(n.name or n.op) for n in others.values())
+            return f"{t.name!r} also feeds {names}"
+        return None
+
+    def identity(self, t: gs.Tensor) -> Candidate | None:
+        rank = self.shapes.rank(t.name)
+        if rank is None or rank < 3:
+            return None
+        channels = self.shapes.dim(t.name, 1)
+        return Candidate(t, nx.ChannelAffine.identity(rank - 2, channels))
+
+    def operands(self, node: gs.Node, index: int, family: str) -> list[Candidate]:
+        """Candidates ``node`` may use for its input ``index``: its identity, and, if ``node``
+        is the tensor's only reader, the regions that compute it."""
+        t = node.inputs[index]
+        if not isinstance(t, gs.Variable):
+            return []
+        own = self.identity(t)
+        upstream = self.candidates.get(id(t), [])
+        if upstream:
+            shared = self.shared_reason(t, node)
+            if shared is None:
+                return [own, *upstream] if own else list(upstream)
+            self.note(node, family, f"cannot fold through {shared}")
+        elif id(t) in self.opaque:
+            self.note(node, family, f"cannot fold: {self.opaque[id(t)]}")
+        if own is None:
+            return [Candidate(t, _unknown_rank(upstream))] if upstream else []
+        return [own]
+
+    def rank_of(self, t: gs.Tensor) -> int | None:
+        return self.shapes.rank(t.name)
+
+
+def _unknown_rank(upstream: list[Candidate]) -> nx.ChannelAffine:
+    """The identity of a tensor whose rank is only known from the maps that compute it."""
+    m = upstream[0].map
+    channels = m.cout if isinstance(m, nx.ConvMap) else m.channels
+    return nx.ChannelAffine.identity(m.rank, channels)
+
+
+# --------------------------------------------------------------------------------------------
+# the base rule: a Conv with constant weights is a ConvMap of its input
+
+
+CONV_ATTRS = {
+    "auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None, "pads": None,
+    "strides": None,
+}
+
+
+def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
+    """The ConvMap of a Conv node; raises Unsupported with the reason when it has none."""
+    attrs = attributes(node, CONV_ATTRS)
+    w = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None:
+        raise Unsupported(f"Conv {node.name!r} has a weight that is not a constant")
+    b = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if len(node.inputs) > 2 and node.inputs[2].name and b is None:
+        raise Unsupported(f"Conv {node.name!r} has a bias that is not a constant")
+    if w.dtype.kind != "f":
+        raise Unsupported(f"Conv {node.name!r} has a {w.dtype} weight")
+    r = w.ndim - 2
+    kernel = tuple(int(k) for k in (attrs["kernel_shape"] or w.shape[2:]))
+    if kernel != tuple(w.shape[2:]):
+        raise Unsupported(f"Conv {node.name!r}: kernel_shape {kernel} != weight {w.shape[2:]}")
+    strides = tuple(int(s) for s in (attrs["strides"] or (1,) * r))
+    dilations = tuple(int(d) for d in (attrs["dilations"] or (1,) * r))
+    group = int(attrs["group"])
+    auto_pad = str(attrs["auto_pad"])
+    pads: tuple[int, ...] | None
+    if auto_pad == "NOTSET":
+        pads = tuple(int(p) for p in (attrs["pads"] or (0,) * (2 * r)))
+    else:
+        shape = ctx.shapes.shapes.get(node.inputs[0].name)
+        pads = nx.resolve_auto_pad(
+            auto_pad, kernel, strides, dilations, shape[2:] if shape else None
+        )
+    if len(strides) != r or len(dilations) != r or (pads is not None and len(pads) != 2 * r):
+        raise Unsupported(f"Conv {node.name!r} has attributes of the wrong length")
+    bias = np.zeros(w.shape[0]) if b is None else b.astype(np.float64).reshape(-1)
+    return nx.ConvMap(
+        w.astype(np.float64), bias, strides, dilations,
+        pads if pads is not None else (0,) * (2 * r), group,
+        "NOTSET" if pads is not None else auto_pad,
+    )
+
+
+def conv_macs(m: nx.ConvMap, inner: nx.Map | None = None) -> float:
+    """Cost of a conv per pixel of the region's source (its input may be strided already)."""
+    stride = 1 if inner is None else float(np.prod(inner.strides))
+    return nx.macs(m) / stride
+
+
+@rule("core", "Conv")
+def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
+    """``Conv(x)`` is ``ConvMap(x)``; reading a region is the sequential family's business."""
+    if not isinstance(node.inputs[0], gs.Variable):
+        return []
+    try:
+        m = conv_map(node, ctx)
+    except (Unsupported, nx.Inexact) as e:
+        ctx.opaque[id(node.outputs[0])] = str(e)
+        return []
+    x = node.inputs[0]
+    return [Candidate(x, m, (node,), conv_macs(m), frozenset({"core"}))]
+
+
+# --------------------------------------------------------------------------------------------
+# the pass
+
+
+def collapse(graph: gs.Graph, ctx: RegionContext, names: Names) -> tuple[list[Fold], list[Skip]]:
+    """Run the rules over ``graph`` and rewrite every profitable, exact region as one Conv."""
+    for node in graph.nodes:
+        if not is_default_domain(node) or len(node.outputs) != 1:
+            continue
+        found: list[Candidate] = []
+        for family, fn in RULES.get(node.op, []):
+            if ctx.enabled(family):
+                found.extend(fn(node, ctx))
+        if found:
+            ctx.candidates[id(node.outputs[0])] = _dedupe(found)[:MAX_CANDIDATES]
+
+    folds: list[Fold] = []
+    absorbed: dict[int, gs.Node] = {}
+    needed: set[int] = set()
+    replacements: dict[int, tuple[gs.Node, gs.Tensor]] = {}
+    outputs = {id(t) for t in graph.outputs}
+    for node in reversed(graph.nodes):
+        if id(node) in absorbed or len(node.outputs) != 1:
+            continue
+        t = node.outputs[0]
+        candidates = ctx.candidates.get(id(t))
+        if not candidates:
+            continue
+        root = (
+            t.name in ctx.pinned or id(t) in outputs or id(t) in needed
+            or any(id(c) not in absorbed for c in t.outputs)
+        )
+        if not root:
+            continue
+        best = _choose(candidates, absorbed, node, ctx)
+        if best is None:
+            continue
+        new = _emit(t, best, names)
+        folds.append(_fold_record(t, best))
+        for n in best.nodes:
+            absorbed[id(n)] = n
+        replacements[id(node)] = (new, t)
+        needed.add(id(best.source))
+
+    if replacements:
+        for n in absorbed.values():
+            n.inputs.clear()
+            n.outputs.clear()
+        graph.nodes = [
+            replacements[id(n)][0] if id(n) in replacements else n
+            for n in graph.nodes
+            if id(n) not in absorbed or id(n) in replacements
+        ]
+        for new, t in replacements.values():
+            new.outputs.append(t)
+    skips = [
+        Skip(family, n.name, n.op, reason)
+        for n, family, reason in ctx.notes
+        if id(n) not in absorbed
+    ]
+    return folds, skips
+
+
+def _dedupe(found: list[Candidate]) -> list[Candidate]:
+    seen: set[int] = set()
+    out = []
+    for c in found:
+        if id(c.source) not in seen:
+            seen.add(id(c.source))
+            out.append(c)
+    return out
+
+
+def _choose(
+    candidates: list[Candidate], absorbed: dict[int, gs.Node], root: gs.Node,
+    ctx: RegionContext,
+) -> Candidate | None:
+    """The candidate absorbing most nodes that includes a Conv and costs no more."""
+    best: Candidate | None = None
+    costly: Candidate | None = None
+    for c in candidates:
+        if len(c.nodes) < 2 or not isinstance(c.map, nx.ConvMap):
+            continue
+        if not any(n.op == "Conv" for n in c.nodes) or any(id(n) in absorbed for n in c.nodes):
+            continue
+        if nx.macs(c.map) > c.macs * (1 + 1e-9):
+            costly = costly or c
+            continue
+        if best is None or len(c.nodes) > len(best.nodes):
+            best = c
+    if best is None and costly is not None:
+        ctx.note(
+            root, _label(costly),
+            f"one Conv for {len(costly.nodes)} nodes would cost {nx.macs(costly.map):.4g} "
+            f"MACs per pixel instead of {costly.macs:.4g}",
+        )
+    return best
+
+
+def _label(c: Candidate) -> str:
+    return next((f for f in LABEL_ORDER if f in c.families), "conv-bn")
+
+
+def _emit(t: gs.Tensor, c: Candidate, names: Names) -> gs.Node:
+    """The Conv computing ``c.map(c.source)``; its output ``t`` is attached once the nodes it
+    replaces are detached."""
+    m = c.map
+    assert isinstance(m, nx.ConvMap)
+    convs = [n for n in c.nodes if n.op == "Conv"]
+    main = max(convs, key=lambda n: constant(n.inputs[1]).size)
+    dtype = constant(main.inputs[1]).dtype
+    base = main.name or t.name
+    weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(m.weight, dtype))
+    bias = gs.Constant(names.fresh(f"{base}.bias"), np.ascontiguousarray(m.bias, dtype))
+    attrs: dict[str, object] = {
+        "dilations": list(m.dilations), "group": m.group, "kernel_shape": list(m.kernel),
+    }
+    if m.auto_pad == "NOTSET":
+        attrs["pads"] = list(m.pads)
+    else:
+        attrs["auto_pad"] = m.auto_pad
+    attrs["strides"] = list(m.strides)
+    return gs.Node("Conv", main.name, attrs, inputs=[c.source, weight, bias])
+
+
+def _fold_record(t: gs.Tensor, c: Candidate) -> Fold:
+    m = c.map
+    assert isinstance(m, nx.ConvMap)
+    return Fold(
+        pattern=_label(c),
+        output=t.name,
+        nodes=[n.name for n in c.nodes],
+        ops=dict(Counter(n.op for n in c.nodes)),
+        result=f"Conv {'x'.join(map(str, m.kernel))}"
+        + (f" group={m.group}" if m.group > 1 else ""),
+    )

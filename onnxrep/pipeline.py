@@ -1,0 +1,160 @@
+"""load → canonicalize → passes to a fixpoint → export beside the original's metadata → check.
+
+The input ModelProto is never modified: the graph is imported into onnx-graphsurgeon (whose
+constants read the original tensors lazily) and a new ModelProto is built from it. Everything
+the passes do not rewrite is carried over from the original: model and graph metadata, opset
+imports, functions, graph inputs/outputs/value_info protos, and the NodeProtos of untouched
+nodes (so their subgraphs, doc strings and attribute order stay exactly as they were). A model
+that nothing applies to comes back byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxrep import io
+from onnxrep.errors import OnnxrepError
+from onnxrep.graph import Names, ShapeInfo, canonicalize, subgraph_references
+from onnxrep.passes import FAMILIES
+from onnxrep.passes.regions import RegionContext, collapse
+from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
+
+__all__ = ["optimize"]
+
+Pass = Callable[[gs.Graph, "PassState"], tuple[list[Fold], list[Skip]]]
+
+
+class PassState:
+    """What every pass of one optimization shares."""
+
+    def __init__(self, shapes: ShapeInfo, pinned: set[str], names: Names, skip: frozenset[str]):
+        self.shapes = shapes
+        self.pinned = pinned
+        self.names = names
+        self.skip = skip
+
+
+def _regions(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
+    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip)
+    return collapse(graph, ctx, state.names)
+
+
+PASSES: list[Pass] = [_regions]
+"""The default pass order; each returns the folds it applied and the candidates it skipped."""
+
+
+def optimize(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    skip: Iterable[str] = (),
+    max_rounds: int = 8,
+) -> OptimizeResult:
+    """Fold every exact re-parameterization in ``model`` (a ModelProto or a path).
+
+    ``skip`` names pattern families to leave alone (see ``onnxrep.passes.FAMILIES``).
+    Returns an :class:`OptimizeResult` whose ``.model`` is a new ModelProto.
+    """
+    start = time.perf_counter()
+    original = io.load(model) if isinstance(model, (str, Path, os.PathLike)) else model
+    if not isinstance(original, onnx.ModelProto):
+        raise OnnxrepError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
+    skipped_families = frozenset(skip)
+    unknown = sorted(skipped_families - set(FAMILIES))
+    if unknown:
+        raise OnnxrepError(f"unknown pattern(s) {unknown}; choose from {sorted(FAMILIES)}")
+    io.validate(original)
+
+    before = ModelStats.of(original)
+    graph = gs.import_onnx(original)
+    pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
+    state = PassState(ShapeInfo.infer(original), pinned, Names.of(original), skipped_families)
+    removed = canonicalize(graph, pinned)
+
+    applied: list[Fold] = []
+    skipped: list[Skip] = []
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):  # noqa: B007  (the count is reported)
+        folds_this_round: list[Fold] = []
+        skipped = []
+        for run in PASSES:
+            folds, skips = run(graph, state)
+            folds_this_round += folds
+            skipped += skips
+        applied += folds_this_round
+        if not folds_this_round:
+            break
+
+    if not applied and not removed:
+        result_model = onnx.ModelProto()
+        result_model.CopyFrom(original)
+    else:
+        result_model = export(graph, original)
+        _check(result_model)
+    return OptimizeResult(
+        model=result_model,
+        applied=applied,
+        skipped=_unique(skipped),
+        before=before,
+        after=ModelStats.of(result_model),
+        seconds=time.perf_counter() - start,
+        rounds=rounds,
+        notes=[f"canonicalized {removed} Identity/Constant node(s)"] if removed else [],
+    )
+
+
+def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """A new ModelProto: ``graph``'s nodes and initializers in ``original``'s clothes."""
+    exported = gs.export_onnx(graph, do_type_check=False).graph
+    src = original.graph
+    out = onnx.ModelProto()
+    for field, value in original.ListFields():
+        if field.name != "graph":
+            io.copy_field(out, field.name, value)
+    g = out.graph
+    for field, value in src.ListFields():
+        if field.name not in ("node", "initializer", "input", "output", "value_info"):
+            io.copy_field(g, field.name, value)
+
+    originals = {tuple(n.output): n for n in src.node}
+    for node in exported.node:
+        before = originals.get(tuple(node.output))
+        same = (
+            before is not None and before.op_type == node.op_type
+            and before.domain == node.domain and list(before.input) == list(node.input)
+        )
+        g.node.append(before if same else node)
+    g.initializer.extend(exported.initializer)
+
+    by_name = {v.name: v for v in (*src.input, *src.output, *src.value_info)}
+    g.input.extend(by_name.get(v.name, v) for v in exported.input)
+    g.output.extend(by_name.get(v.name, v) for v in exported.output)
+    live = {name for n in g.node for name in n.output}
+    g.value_info.extend(v for v in src.value_info if v.name in live)
+    return out
+
+
+def _check(model: onnx.ModelProto) -> None:
+    """The result must pass the checker; failing it is a bug of ours, reported as one."""
+    if model.ByteSize() >= io.PROTOBUF_LIMIT:
+        return  # checked by path when saved
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise OnnxrepError(f"internal error: optimized model fails onnx.checker: {e}") from None
+
+
+def _unique(skips: list[Skip]) -> list[Skip]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for s in skips:
+        key = (s.node, s.op, s.reason)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out

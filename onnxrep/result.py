@@ -1,0 +1,104 @@
+"""Plain result records: what was folded, what was left and why, and what it bought.
+
+These are what the API returns and what every report (terminal, JSON, Markdown, HTML) renders.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+
+__all__ = ["Fold", "ModelStats", "OptimizeResult", "Skip"]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One rewrite: ``nodes`` (with op counts ``ops``) now compute ``output`` as ``result``."""
+
+    pattern: str
+    output: str
+    nodes: list[str]
+    ops: dict[str, int]
+    result: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate pattern left alone, and why."""
+
+    pattern: str
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size of a model: nodes per op type, parameters in initializers, serialized bytes."""
+
+    ops: dict[str, int]
+    params: int
+    bytes: int
+
+    @property
+    def nodes(self) -> int:
+        return sum(self.ops.values())
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> ModelStats:
+        ops = Counter(n.op_type for n in model.graph.node)
+        params = 0
+        for t in model.graph.initializer:
+            count = 1
+            for d in t.dims:
+                count *= d
+            params += count
+        return cls(dict(sorted(ops.items())), params, _serialized_size(model))
+
+
+def _serialized_size(model: onnx.ModelProto) -> int:
+    size = model.ByteSize()
+    for t in model.graph.initializer:  # external data lives beside the model
+        for entry in t.external_data:
+            if entry.key == "length":
+                size += int(entry.value)
+    return size
+
+
+@dataclass
+class OptimizeResult:
+    """What :func:`onnxrep.optimize` returns. ``model`` is a new ModelProto."""
+
+    model: onnx.ModelProto
+    applied: list[Fold]
+    skipped: list[Skip]
+    before: ModelStats
+    after: ModelStats
+    seconds: float = 0.0
+    rounds: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied) or self.before.ops != self.after.ops
+
+    def applied_by_pattern(self) -> dict[str, int]:
+        return dict(sorted(Counter(f.pattern for f in self.applied).items()))
+
+    def skipped_by_pattern(self) -> dict[str, int]:
+        return dict(sorted(Counter(s.pattern for s in self.skipped).items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "applied": [asdict(f) for f in self.applied],
+            "applied_by_pattern": self.applied_by_pattern(),
+            "skipped": [asdict(s) for s in self.skipped],
+            "before": {**asdict(self.before), "nodes": self.before.nodes},
+            "after": {**asdict(self.after), "nodes": self.after.nodes},
+            "seconds": self.seconds,
+            "rounds": self.rounds,
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,208 @@
+"""The float64 algebra against torch.nn.functional in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from onnxrep import numerics as nx
+
+RNG = np.random.default_rng(0)
+TOL = {"rtol": 1e-10, "atol": 1e-10}
+
+
+def run(m: nx.Map, x: np.ndarray) -> np.ndarray:
+    """Evaluate a map with torch in float64 (the reference semantics of the docstrings)."""
+    t = torch.from_numpy(x)
+    r = m.rank
+    pads: list[int] = []
+    for i in reversed(range(r)):  # F.pad wants last axis first, (begin, end) pairs
+        pads += [m.pads[i], m.pads[r + i]]
+    t = F.pad(t, pads)
+    if isinstance(m, nx.ChannelAffine):
+        shape = (1, -1) + (1,) * r
+        scale = torch.from_numpy(m.scale).reshape(shape)
+        shift = torch.from_numpy(m.shift).reshape(shape)
+        return (t * scale + shift).numpy()
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[r]
+    out = conv(
+        t, torch.from_numpy(m.weight), torch.from_numpy(m.bias),
+        stride=m.strides, dilation=m.dilations, groups=m.group,
+    )
+    return out.numpy()
+
+
+def conv(cout: int, cin: int, kernel: tuple[int, ...], *, pads=None, strides=None,
+         dilations=None, group: int = 1, bias: bool = True) -> nx.ConvMap:
+    r = len(kernel)
+    w = RNG.standard_normal((cout, cin // group, *kernel))
+    b = RNG.standard_normal(cout) if bias else np.zeros(cout)
+    return nx.ConvMap(
+        w, b, tuple(strides or (1,) * r), tuple(dilations or (1,) * r),
+        tuple(pads or (0,) * (2 * r)), group,
+    )
+
+
+def x_of(c: int, *spatial: int) -> np.ndarray:
+    return RNG.standard_normal((2, c, *spatial))
+
+
+@pytest.mark.parametrize("group", [1, 2, 8])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_affine_after_conv(group: int, rank: int) -> None:
+    m = conv(8, 8, (3,) * rank, pads=(1,) * 2 * rank, group=group)
+    t, s = nx.batch_norm_affine(*(RNG.random((4, 8)) + 0.5), eps=1e-5)
+    x = x_of(8, *(7,) * rank)
+    want = run(m, x) * t.reshape((1, -1) + (1,) * rank) + s.reshape((1, -1) + (1,) * rank)
+    np.testing.assert_allclose(run(nx.affine(m, t, s), x), want, **TOL)
+
+
+def test_batch_norm_affine_matches_torch() -> None:
+    y = torch.from_numpy(x_of(6, 5, 5))
+    g, b, mu, v = (RNG.random(6) + 0.1 for _ in range(4))
+    want = F.batch_norm(y, *(torch.from_numpy(a) for a in (mu, v, g, b)), eps=1e-3).numpy()
+    t, s = nx.batch_norm_affine(g, b, mu, v, 1e-3)
+    got = y.numpy() * t[:, None, None] + s[:, None, None]
+    np.testing.assert_allclose(got, want, **TOL)
+
+
+BRANCH_SETS = {
+    "repvgg": [dict(kernel=(3, 3), pads=(1, 1, 1, 1)), dict(kernel=(1, 1)), "identity"],
+    "acnet": [
+        dict(kernel=(3, 3), pads=(1, 1, 1, 1)),
+        dict(kernel=(1, 3), pads=(0, 1, 0, 1)),
+        dict(kernel=(3, 1), pads=(1, 0, 1, 0)),
+    ],
+    "multiscale": [
+        dict(kernel=(1, 1)), dict(kernel=(3, 3), pads=(1, 1, 1, 1)),
+        dict(kernel=(5, 5), pads=(2, 2, 2, 2)),
+    ],
+    "strided": [
+        dict(kernel=(3, 3), pads=(1, 1, 1, 1), strides=(2, 2)),
+        dict(kernel=(1, 1), strides=(2, 2)),
+    ],
+    "dilated": [
+        dict(kernel=(3, 3), pads=(2, 2, 2, 2), dilations=(2, 2)),
+        dict(kernel=(1, 1)), "identity",
+    ],
+    "shifted": [dict(kernel=(3, 3), pads=(1, 1, 1, 1)), dict(kernel=(3, 3), pads=(0, 0, 2, 2))],
+    "valid": [dict(kernel=(3, 3)), dict(kernel=(1, 1), pads=(-1, -1, -1, -1))],
+}
+
+
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("name", [n for n in BRANCH_SETS if n != "valid"])
+def test_add_branches(name: str, group: int) -> None:
+    maps: list[nx.Map] = []
+    for spec in BRANCH_SETS[name]:
+        if spec == "identity":
+            maps.append(nx.affine(nx.ChannelAffine.identity(2), RNG.random(8), RNG.random(8)))
+        else:
+            maps.append(conv(8, 8, group=group, **spec))
+    signs = [1.0, -1.0, 0.5][: len(maps)]
+    x = x_of(8, 9, 10)
+    merged = nx.add(maps, signs)
+    assert isinstance(merged, nx.ConvMap) and merged.group == group
+    want = sum(s * run(m, x) for s, m in zip(signs, maps, strict=True))
+    np.testing.assert_allclose(run(merged, x), want, **TOL)
+
+
+def test_add_refuses_unequal_strides_dilations_groups_and_frames() -> None:
+    base = conv(8, 8, (3, 3), pads=(1, 1, 1, 1))
+    cases = {
+        "strides": conv(8, 8, (1, 1), strides=(2, 2)),
+        "dilations": conv(8, 8, (3, 3), pads=(2, 2, 2, 2), dilations=(2, 2)),
+        "group": conv(8, 8, (1, 1), group=2),
+        "output sizes": conv(8, 8, (1, 1), pads=(1, 1, 1, 1)),
+    }
+    for word, other in cases.items():
+        with pytest.raises(nx.Inexact, match=word):
+            nx.add([base, other])
+    dil = conv(8, 8, (3, 3), pads=(2, 2, 2, 2), dilations=(2, 2))
+    odd = conv(8, 8, (3, 3), pads=(1, 1, 3, 3), dilations=(2, 2))
+    with pytest.raises(nx.Inexact, match="whole number"):
+        nx.add([dil, odd])
+    with pytest.raises(nx.Inexact, match="in/out channels"):
+        nx.add([conv(8, 4, (1, 1)), nx.ChannelAffine.identity(2)])
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_concat(group: int) -> None:
+    maps = [conv(4, 6, (3, 3), pads=(1, 1, 1, 1)), conv(5, 6, (1, 1)), nx.ChannelAffine.identity(2)]
+    x = x_of(6, 7, 7)
+    merged = nx.concat(maps)
+    want = np.concatenate([run(m, x) for m in maps], axis=1)
+    np.testing.assert_allclose(run(merged, x), want, **TOL)
+    with pytest.raises(nx.Inexact, match="grouped"):
+        nx.concat([conv(4, 6, (1, 1), group=2), conv(4, 6, (1, 1))])
+
+
+@pytest.mark.parametrize(
+    ("inner_group", "outer_group"), [(1, 1), (2, 2), (1, 2), (2, 1), (4, 4)]
+)
+def test_compose_pointwise_then_kxk(inner_group: int, outer_group: int) -> None:
+    inner = conv(8, 4, (1, 1), group=inner_group)  # internal channels 8 != 4 input channels
+    outer = conv(12, 8, (3, 3), strides=(2, 2), group=outer_group)
+    x = x_of(4, 9, 9)
+    np.testing.assert_allclose(run(nx.compose(inner, outer), x), run(outer, run(inner, x)), **TOL)
+
+
+def test_compose_kxk_then_pointwise_and_diagonals() -> None:
+    inner = conv(8, 8, (3, 3), pads=(1, 0, 2, 1), strides=(2, 1), group=8)
+    outer = conv(6, 8, (1, 1))
+    x = x_of(8, 9, 9)
+    np.testing.assert_allclose(run(nx.compose(inner, outer), x), run(outer, run(inner, x)), **TOL)
+    diag = nx.affine(nx.ChannelAffine.identity(2), RNG.random(8), RNG.random(8))
+    for a, b in [(diag, conv(8, 8, (3, 3), group=4)), (conv(8, 8, (3, 3), group=4), diag)]:
+        np.testing.assert_allclose(run(nx.compose(a, b), x), run(b, run(a, x)), **TOL)
+
+
+def test_compose_padded_kxk_after_biased_pointwise_is_refused() -> None:
+    inner = conv(8, 4, (1, 1))
+    outer = conv(8, 8, (3, 3), pads=(1, 1, 1, 1))
+    with pytest.raises(nx.Inexact, match="border"):
+        nx.compose(inner, outer)
+    unbiased = conv(8, 4, (1, 1), bias=False)
+    x = x_of(4, 6, 6)
+    got = run(nx.compose(unbiased, outer), x)
+    np.testing.assert_allclose(got, run(outer, run(unbiased, x)), **TOL)
+    with pytest.raises(nx.Inexact, match="1x1"):
+        nx.compose(conv(8, 8, (3, 3)), conv(8, 8, (3, 3)))
+
+
+def test_pad_with_bias_value_then_conv_is_exact() -> None:
+    """DBB's "BN and pad": the border holds BN(0), which is the pointwise map's bias."""
+    inner = conv(8, 4, (1, 1))
+    padded = nx.pad(inner, (1, 1, 1, 1), inner.bias)
+    outer = conv(8, 8, (3, 3))
+    x = x_of(4, 6, 6)
+    ref = run(inner, x)
+    ref = np.pad(ref, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    border = np.ones_like(ref, dtype=bool)
+    border[:, :, 1:-1, 1:-1] = False
+    ref = np.where(border, inner.bias[None, :, None, None], ref)
+    np.testing.assert_allclose(run(nx.compose(padded, outer), x), run(outer, ref), **TOL)
+    with pytest.raises(nx.Inexact, match="pad value"):
+        nx.pad(inner, (1, 1, 1, 1), inner.bias + 1e-3)
+    with pytest.raises(nx.Inexact, match="kernel larger"):
+        nx.pad(conv(8, 8, (3, 3)), (1, 1, 1, 1), 0.0)
+
+
+def test_avg_pool_matches_torch() -> None:
+    x = x_of(5, 8, 9)
+    m = nx.avg_pool(5, (3, 3), (2, 2), (1, 1, 1, 1))
+    want = F.avg_pool2d(torch.from_numpy(x), 3, 2, 1, count_include_pad=True).numpy()
+    np.testing.assert_allclose(run(m, x), want, **TOL)
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize(("k", "s", "n"), [(3, 1, 7), (4, 1, 7), (3, 2, 8), (3, 2, 7), (1, 2, 5)])
+def test_resolve_auto_pad(mode: str, k: int, s: int, n: int) -> None:
+    pads = nx.resolve_auto_pad(mode, (k,), (s,), (1,), (n,))
+    assert pads is not None
+    out = (n + pads[0] + pads[1] - k) // s + 1
+    assert out == -(-n // s)  # SAME keeps ceil(n / s) outputs
+    assert pads[1] - pads[0] in ((0, 1) if mode == "SAME_UPPER" else (0, -1))
+    assert nx.resolve_auto_pad(mode, (k,), (2,), (1,), None) is None
