@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -21,33 +21,10 @@ import onnx_graphsurgeon as gs
 from onnxrep import io
 from onnxrep.errors import OnnxrepError
 from onnxrep.graph import Names, ShapeInfo, canonicalize, subgraph_references
-from onnxrep.passes import FAMILIES
-from onnxrep.passes.regions import RegionContext, collapse
+from onnxrep.passes import FAMILIES, PASSES, PassState
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
 __all__ = ["optimize"]
-
-Pass = Callable[[gs.Graph, "PassState"], tuple[list[Fold], list[Skip]]]
-
-
-class PassState:
-    """What every pass of one optimization shares."""
-
-    def __init__(self, shapes: ShapeInfo, pinned: set[str], names: Names, skip: frozenset[str]):
-        self.shapes = shapes
-        self.pinned = pinned
-        self.names = names
-        self.skip = skip
-
-
-def _regions(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
-    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip)
-    return collapse(graph, ctx, state.names)
-
-
-PASSES: list[Pass] = [_regions]
-"""The default pass order; each returns the folds it applied and the candidates it skipped."""
-
 
 def optimize(
     model: onnx.ModelProto | str | os.PathLike[str],
@@ -82,7 +59,9 @@ def optimize(
     for rounds in range(1, max_rounds + 1):  # noqa: B007  (the count is reported)
         folds_this_round: list[Fold] = []
         skipped = []
-        for run in PASSES:
+        for family, run in PASSES:
+            if family in skipped_families:
+                continue
             folds, skips = run(graph, state)
             folds_this_round += folds
             skipped += skips
@@ -95,7 +74,7 @@ def optimize(
         result_model.CopyFrom(original)
     else:
         result_model = export(graph, original)
-        _check(result_model)
+        _check(result_model, original)
     return OptimizeResult(
         model=result_model,
         applied=applied,
@@ -139,14 +118,21 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _check(model: onnx.ModelProto) -> None:
-    """The result must pass the checker; failing it is a bug of ours, reported as one."""
+def _check(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """A result that fails the checker when its input passes is a bug of ours: refuse it."""
     if model.ByteSize() >= io.PROTOBUF_LIMIT:
-        return  # checked by path when saved
+        return  # too large to check in memory; checked by path when loaded again
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise OnnxrepError(f"internal error: optimized model fails onnx.checker: {e}") from None
+        try:
+            onnx.checker.check_model(original)
+        except onnx.checker.ValidationError:
+            return  # the input already failed the checker the same way
+        first = str(e).strip().splitlines()[0]
+        raise OnnxrepError(
+            f"internal error: the optimized model fails onnx.checker: {first}"
+        ) from None
 
 
 def _unique(skips: list[Skip]) -> list[Skip]:

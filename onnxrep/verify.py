@@ -96,10 +96,71 @@ class CompareResult:
         }
 
 
+@dataclass(frozen=True)
+class _Arg:
+    name: str
+    shape: list[int | str | None]
+    type: str
+
+
+class ReferenceSession:
+    """onnx's reference evaluator behind InferenceSession's interface.
+
+    Used for parity only when onnxruntime's CPU provider lacks a kernel the model needs (it has
+    no float64 Conv, for one); slow, but exact in the model's own dtype.
+    """
+
+    runtime = "onnx.reference"
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        self._eval = ReferenceEvaluator(model)
+        inits = {t.name for t in model.graph.initializer}
+        self._inputs = [_arg(v) for v in model.graph.input if v.name not in inits]
+        self._outputs = [_arg(v) for v in model.graph.output]
+
+    def get_inputs(self) -> list[_Arg]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_Arg]:
+        return self._outputs
+
+    def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._eval.run(names, feeds))
+
+
+def _arg(v: onnx.ValueInfoProto) -> _Arg:
+    tt = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tt.shape.dim]
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+    names = {np.float32: "float", np.float64: "double", np.float16: "float16", np.bool_: "bool"}
+    return _Arg(v.name, dims, f"tensor({names.get(np_type.type, np_type.name)})")
+
+
+def runtime_of(sess: Any) -> str:
+    return getattr(sess, "runtime", "onnxruntime")
+
+
 def session(
-    model: ModelLike, *, level: str = "disable_all", threads: int = 1
-) -> ort.InferenceSession:
-    """A CPU InferenceSession; models over the protobuf limit go through a temporary file."""
+    model: ModelLike, *, level: str = "disable_all", threads: int = 1, fallback: bool = False
+) -> ort.InferenceSession | ReferenceSession:
+    """A CPU InferenceSession; models over the protobuf limit go through a temporary file.
+
+    With ``fallback``, a model that onnxruntime has no kernel for runs in onnx's reference
+    evaluator instead (parity only; never for timing).
+    """
+    try:
+        return _ort_session(model, level, threads)
+    except OnnxrepError as e:
+        if not fallback or "NOT_IMPLEMENTED" not in str(e):
+            raise
+        proto = model if isinstance(model, onnx.ModelProto) else io.load(model, check=False)
+        return ReferenceSession(proto)
+
+
+def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = threads
@@ -207,7 +268,8 @@ def compare(
     """Run ``a`` (the reference) and ``b`` on the same inputs and judge every output."""
     if seeds < 1:
         raise OnnxrepError("--seeds must be at least 1")
-    sa, sb = session(a, level=level), session(b, level=level)
+    sa = session(a, level=level, fallback=True)
+    sb = session(b, level=level, fallback=True)
     names_a = [o.name for o in sa.get_outputs()]
     names_b = [o.name for o in sb.get_outputs()]
     if names_a != names_b:
@@ -236,10 +298,11 @@ def compare(
         for name, x, y in zip(names_a, ra, rb, strict=True):
             diff = _diff(name, np.asarray(x), np.asarray(y), atol, rtol)
             worst[name] = diff if name not in worst else _worse(worst[name], diff)
+    runtimes = {runtime_of(sa), runtime_of(sb)}
     return CompareResult(
         outputs=[worst[n] for n in names_a],
         seeds=len(feed_sets),
-        level=level,
+        level=level if runtimes == {"onnxruntime"} else " / ".join(sorted(runtimes)),
         inputs={k: list(v.shape) for k, v in feed_sets[0].items()},
     )
 

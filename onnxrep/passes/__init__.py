@@ -1,20 +1,32 @@
-"""Pattern families and the default pass order.
+"""Pattern families, the state passes share, and the default pass order.
 
-Every family can be switched off by name (``--skip NAME``); the region families are rules of
-one pass (see ``regions``), the dense-layer families are chain passes of their own.
+Every family can be switched off by name (``--skip NAME``). The region families are rules of
+one pass (``regions``: everything that becomes a Conv); the dense-layer families are chain
+passes of their own. A pass takes the graph and the shared state and returns the folds it
+applied and the candidates it skipped; the pipeline repeats the passes until nothing changes.
 """
 
 from __future__ import annotations
 
-from onnxrep.passes import (  # noqa: F401  (importing registers the rules)
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from onnxrep.graph import Names, ShapeInfo
+from onnxrep.passes import (  # noqa: F401  (importing a family module registers its rules)
     affine,
     branches,
     concat,
     conv_bn,
+    conv_transpose,
+    gemm,
     padding,
     pooling,
+    regions,
     sequential,
 )
+from onnxrep.result import Fold, Skip
 
 FAMILIES: dict[str, str] = {
     "conv-bn": "BatchNormalization after a Conv, or on a branch input (identity branch)",
@@ -24,5 +36,27 @@ FAMILIES: dict[str, str] = {
     "concat": "Concat of parallel convolutions on one tensor",
     "avgpool": "AveragePool inside a region, as a depthwise conv",
     "pad": "zero Pad before a Conv, merged into its pads",
+    "convtranspose-bn": "BatchNormalization / per-channel affine after a ConvTranspose",
+    "gemm-bn": "BatchNormalization / per-feature affine after Gemm or a 2-D MatMul",
 }
 """Family name → what it folds; the names ``--skip`` accepts."""
+
+
+@dataclass
+class PassState:
+    """What the passes of one optimization share."""
+
+    shapes: ShapeInfo
+    pinned: set[str]
+    names: Names
+    skip: frozenset[str]
+
+
+Pass = Callable[[gs.Graph, PassState], tuple[list[Fold], list[Skip]]]
+
+PASSES: list[tuple[str | None, Pass]] = [
+    (None, regions.run),
+    ("convtranspose-bn", conv_transpose.run),
+    ("gemm-bn", gemm.run),
+]
+"""(family that switches the pass off, pass) in the default order."""

@@ -6,6 +6,8 @@ conv_transpose): each turns a node into ``y = scale * x + shift`` per channel, o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -79,3 +81,35 @@ def binary_affine(node: gs.Node, rank: int, channels: int | None) -> tuple[np.nd
     if np.any(v == 0):
         raise nx.Inexact(f"Div {node.name!r} divides by zero")
     return 1.0 / v, zero
+
+
+def affine_chain(
+    t: gs.Tensor, rank: int, channels: int | None, shared: Callable[[gs.Tensor], str | None]
+) -> tuple[list[gs.Node], np.ndarray, np.ndarray, str | None]:
+    """Follow ``t`` through sole-reader BN / Mul / Add / Sub / Div-by-constant nodes.
+
+    Returns the nodes, the accumulated ``(scale, shift)`` with ``chain(y) = scale * y + shift``
+    per channel, and why the chain stopped at an affine node (``None`` if it did not).
+    """
+    nodes: list[gs.Node] = []
+    scale, shift = np.ones(1), np.zeros(1)
+    while len(t.outputs) >= 1:
+        reader = t.outputs[0]
+        if reader.op != "BatchNormalization" and constant_operand(reader) is None:
+            return nodes, scale, shift, None
+        if reader.op == "BatchNormalization" and reader.inputs[0] is not t:
+            return nodes, scale, shift, None
+        why = shared(t)
+        if why is not None:
+            return nodes, scale, shift, f"cannot fold through {why}"
+        try:
+            if reader.op == "BatchNormalization":
+                s, b = batch_norm(reader)
+            else:
+                s, b = binary_affine(reader, rank, channels)
+        except (Unsupported, nx.Inexact) as e:
+            return nodes, scale, shift, str(e)
+        scale, shift = scale * s, shift * s + b
+        nodes.append(reader)
+        t = reader.outputs[0]
+    return nodes, scale, shift, None

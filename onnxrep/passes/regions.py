@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -25,6 +26,9 @@ import onnx_graphsurgeon as gs
 from onnxrep import numerics as nx
 from onnxrep.graph import Names, ShapeInfo, Unsupported, attributes, constant, is_default_domain
 from onnxrep.result import Fold, Skip
+
+if TYPE_CHECKING:
+    from onnxrep.passes import PassState
 
 MAX_CANDIDATES = 8
 """Sources remembered per tensor (nearest first); bounds the work on long linear chains."""
@@ -220,16 +224,18 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
 # the pass
 
 
-def collapse(graph: gs.Graph, ctx: RegionContext, names: Names) -> tuple[list[Fold], list[Skip]]:
+def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
     """Run the rules over ``graph`` and rewrite every profitable, exact region as one Conv."""
+    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip)
+    names = state.names
     for node in graph.nodes:
-        if not is_default_domain(node) or len(node.outputs) != 1:
+        if not is_default_domain(node):
             continue
         found: list[Candidate] = []
         for family, fn in RULES.get(node.op, []):
             if ctx.enabled(family):
                 found.extend(fn(node, ctx))
-        if found:
+        if found and len(node.outputs) == 1:
             ctx.candidates[id(node.outputs[0])] = _dedupe(found)[:MAX_CANDIDATES]
 
     folds: list[Fold] = []
@@ -271,6 +277,7 @@ def collapse(graph: gs.Graph, ctx: RegionContext, names: Names) -> tuple[list[Fo
         ]
         for new, t in replacements.values():
             new.outputs.append(t)
+    folds.reverse()  # roots were found last to first
     skips = [
         Skip(family, n.name, n.op, reason)
         for n, family, reason in ctx.notes

@@ -1,0 +1,106 @@
+"""Per-channel affine chains after dense layers: ``BN(Layer(x))`` → ``Layer'(x)``.
+
+The driver behind the gemm and conv_transpose families: from each layer with constant
+weights, follow its output through sole-reader BatchNormalization / Mul / Add / Sub / Div by a
+per-channel constant (``channelwise.affine_chain``), then replace layer and chain by one node
+whose weights a family-specific ``Layer.rewrite`` rescales in float64.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep.graph import ShapeInfo, Unsupported, is_default_domain
+from onnxrep.passes.channelwise import affine_chain
+from onnxrep.result import Fold, Skip
+
+if TYPE_CHECKING:
+    from onnxrep.passes import PassState
+
+
+@dataclass
+class Layer:
+    """A parsed dense layer: output rank, output channels, and how to rescale it.
+
+    ``rewrite(scale, shift)`` returns ``(op_type, [weight arrays by input slot], attrs)`` of a
+    node computing ``scale * layer(x) + shift`` per output channel; arrays are float64.
+    """
+
+    rank: int
+    channels: int
+    dtype: np.dtype
+    rewrite: Callable[[np.ndarray, np.ndarray], tuple[str, list[np.ndarray | None], dict]]
+
+
+Parser = Callable[[gs.Node, ShapeInfo], Layer]
+
+
+def fold_chains(
+    graph: gs.Graph, state: PassState, family: str, ops: tuple[str, ...], parse: Parser,
+) -> tuple[list[Fold], list[Skip]]:
+    """Replace every ``ops`` node and its affine chain by one node (see the module doc)."""
+    shapes, pinned, names = state.shapes, state.pinned, state.names
+    outputs = {id(t) for t in graph.outputs}
+
+    def shared(t: gs.Tensor) -> str | None:
+        if t.name in pinned or id(t) in outputs:
+            return f"{t.name!r} is a graph output"
+        if len(t.outputs) > 1:
+            return f"{t.name!r} has {len(t.outputs)} readers"
+        return None
+
+    folds: list[Fold] = []
+    skips: list[Skip] = []
+    removed: set[int] = set()
+    replacements: dict[int, gs.Node] = {}
+    for node in graph.nodes:
+        if node.op not in ops or not is_default_domain(node) or id(node) in removed:
+            continue
+        if len(node.outputs) != 1 or not node.outputs[0].outputs:
+            continue
+        try:
+            layer = parse(node, shapes)
+        except Unsupported as e:
+            if _feeds_affine(node):
+                skips.append(Skip(family, node.name, node.op, str(e)))
+            continue
+        chain, scale, shift, why = affine_chain(node.outputs[0], layer.rank, layer.channels,
+                                                shared)
+        if why is not None:
+            where = chain[-1] if chain else node
+            skips.append(Skip(family, where.name, where.op, why))
+        if not chain:
+            continue
+        op, arrays, attrs = layer.rewrite(scale, shift)
+        inputs: list[gs.Tensor] = [node.inputs[0]]
+        for slot, values in enumerate(arrays, start=1):
+            if values is None:
+                inputs.append(gs.Variable.empty())
+                continue
+            hint = f"{node.name or node.op}.{'weight' if slot == 1 else 'bias'}"
+            inputs.append(gs.Constant(names.fresh(hint), np.ascontiguousarray(values, layer.dtype)))
+        last = chain[-1].outputs[0]
+        for n in (node, *chain):
+            n.inputs.clear()
+            n.outputs.clear()
+            removed.add(id(n))
+        replacements[id(node)] = gs.Node(op, node.name, attrs, inputs=inputs, outputs=[last])
+        ops_count = Counter(n.op for n in (node, *chain))
+        folds.append(Fold(family, last.name, [n.name for n in (node, *chain)],
+                          dict(ops_count), op))
+    if replacements:
+        graph.nodes = [
+            replacements.get(id(n), n) for n in graph.nodes
+            if id(n) not in removed or id(n) in replacements
+        ]
+    return folds, skips
+
+
+def _feeds_affine(node: gs.Node) -> bool:
+    return any(r.op == "BatchNormalization" for t in node.outputs for r in t.outputs)

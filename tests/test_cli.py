@@ -1,0 +1,118 @@
+"""The command line: exit codes, what is written, what is printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxrep.cli import main
+from tests.builders import GraphBuilder, op_counts
+
+
+def repvgg_model(seed: int = 0) -> onnx.ModelProto:
+    g = GraphBuilder(seed=seed)
+    x = g.input([1, 8, 12, 12], name="x")
+    a = g.bn(g.conv(x, 8, 8, 3), 8)
+    b = g.bn(g.conv(x, 8, 8, 1), 8)
+    y = g.node("Relu", [g.node("Sum", [a, b, g.bn(x, 8)])])
+    return g.model([g.node("GlobalAveragePool", [y])])
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    onnx.save(repvgg_model(), path)
+    return path
+
+
+def test_optimize_verify_bench_report(model_path: Path, tmp_path: Path, capsys) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    code = main([
+        "optimize", str(model_path), "-o", str(out), "--verify", "--bench", "--runs", "5",
+        "--warmup", "1", "--report", str(report), "--explain",
+    ])
+    assert code == 0
+    assert op_counts(onnx.load(out)) == {"Conv": 1, "Relu": 1, "GlobalAveragePool": 1}
+    data = json.loads(report.read_text())
+    assert data["applied_by_pattern"] == {"branches": 1}
+    assert data["parity"]["ok"] is True
+    assert data["timing"]["speedup"] > 0
+    text = capsys.readouterr().out
+    assert "BatchNormalization     3 -> 0" in text and "speedup" in text and "parity     ok" in text
+
+
+def test_compare_detects_a_one_percent_perturbation(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(model_path), "-o", str(out)]) == 0
+    assert main(["compare", str(model_path), str(out)]) == 0
+    model = onnx.load(model_path)
+    for t in model.graph.initializer:
+        if len(t.dims) == 4:
+            values = onnx.numpy_helper.to_array(t) * 1.01
+            t.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), t.name))
+    bad = tmp_path / "perturbed.onnx"
+    onnx.save(model, bad)
+    assert main(["compare", str(model_path), str(bad)]) == 1
+    assert main(["compare", str(out), str(bad), "--json", "--seeds", "1"]) == 1
+
+
+def test_verify_mismatch_exits_1_and_writes_nothing(model_path, tmp_path, monkeypatch) -> None:
+    import onnxrep.pipeline as pipeline
+
+    real = pipeline.optimize
+
+    def wrong(model, **kwargs):  # a fold that is off by 1 %: what --verify must catch
+        result = real(model, **kwargs)
+        for t in result.model.graph.initializer:
+            values = onnx.numpy_helper.to_array(t) * 1.01
+            t.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), t.name))
+        return result
+
+    monkeypatch.setattr(pipeline, "optimize", wrong)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(model_path), "-o", str(out), "--verify"]) == 1
+    assert not out.exists()
+    assert main(["optimize", str(model_path), "-o", str(out), "--verify",
+                 "--keep-on-mismatch"]) == 1
+    assert out.exists()
+
+
+def test_output_equal_to_input_needs_in_place(model_path: Path, capsys) -> None:
+    before = model_path.read_bytes()
+    assert main(["optimize", str(model_path), "-o", str(model_path)]) == 2
+    assert "--in-place" in capsys.readouterr().err
+    assert model_path.read_bytes() == before
+    assert main(["optimize", str(model_path), "--in-place"]) == 0
+    assert op_counts(onnx.load(model_path))["Conv"] == 1
+
+
+def test_bench_one_and_two_models(model_path: Path, capsys) -> None:
+    assert main(["bench", str(model_path), "--runs", "3", "--warmup", "0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["timings"]) == 1 and data["speedup"] is None
+    assert main(["bench", str(model_path), str(model_path), "--runs", "3"]) == 0
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(model_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["optimize", str(model_path), "--skip", "nonsense", "-o", "x.onnx"])
+    assert e.value.code == 2
+    assert main(["compare", str(model_path), str(model_path), "--shape", "x:1by3"]) == 2
+    assert main(["compare", str(model_path), str(model_path), "--shape", "nope:1x8x12x12"]) == 2
+
+
+def test_python_dash_m_and_console_script(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "onnxrep", "optimize", str(model_path), "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "folds      1 (branches 1)" in run.stdout

@@ -1,0 +1,170 @@
+"""The pipeline: canonicalization, what it preserves, idempotence, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxrep
+from tests.builders import GraphBuilder, op_counts
+from tests.helpers import optimized
+
+
+def repvgg(g: GraphBuilder, x: str, c: int) -> str:
+    a = g.bn(g.conv(x, c, c, 3), c)
+    b = g.bn(g.conv(x, c, c, 1), c)
+    return g.node("Relu", [g.node("Add", [g.node("Add", [a, b]), g.bn(x, c)])])
+
+
+def test_identity_and_constant_nodes_become_initializers() -> None:
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6])
+    w = g.init(g.rng.standard_normal((4, 4, 3, 3)))
+    wid = g.node("Identity", [w])  # the TorchScript exporter wraps shared weights like this
+    shift = g.node("Constant", [], value=numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32)))
+    y = g.node("Add", [g.conv(x, 4, 4, 3, weight=wid), shift])
+    y = g.node("Identity", [g.node("Relu", [y])])
+    model = g.model([y])
+    r = optimized(model, {"Conv": 1, "Relu": 1, "Identity": 1})  # the output's Identity stays
+    assert r.applied_by_pattern() == {"conv-affine": 1}
+
+
+def test_canonicalization_alone_changes_nothing_else() -> None:
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6])
+    w = g.node("Identity", [g.init(g.rng.standard_normal((4, 4, 3, 3)))])
+    y = g.node("Relu", [g.conv(x, 4, 4, 3, weight=w)])
+    r = optimized(g.model([y]), {"Conv": 1, "Relu": 1})
+    assert not r.applied and r.notes
+
+
+def test_untouched_model_comes_back_byte_identical() -> None:
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6])
+    model = g.model([g.node("Relu", [g.conv(x, 4, 4, 3)])])
+    r = onnxrep.optimize(model)
+    assert r.model.SerializeToString() == model.SerializeToString()
+    assert r.model is not model
+
+
+def _rich_model() -> onnx.ModelProto:
+    g = GraphBuilder()
+    x = g.input(["batch", 8, 10, 10], name="image")
+    y = repvgg(g, x, 8)
+    model = g.model([y])
+    model.doc_string = "a model"
+    model.producer_name = "exporter"
+    model.model_version = 7
+    helper.set_model_props(model, {"author": "someone", "license": "MIT"})
+    model.graph.doc_string = "the graph"
+    model.graph.value_info.append(helper.make_tensor_value_info(y, g.elem, ["batch", 8, 10, 10]))
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    return model
+
+
+def test_metadata_inputs_outputs_and_value_info_are_preserved() -> None:
+    model = _rich_model()
+    r = optimized(model, {"Conv": 1, "Relu": 1}, shapes={"image": [2, 8, 10, 10]})
+    out = r.model
+    assert out.doc_string == model.doc_string
+    assert out.producer_name == model.producer_name and out.model_version == 7
+    assert list(out.metadata_props) == list(model.metadata_props)
+    assert list(out.opset_import) == list(model.opset_import)
+    assert out.ir_version == model.ir_version
+    assert out.graph.doc_string == model.graph.doc_string
+    assert list(out.graph.input) == list(model.graph.input)
+    assert list(out.graph.output) == list(model.graph.output)
+    assert list(out.graph.value_info) == list(model.graph.value_info)
+
+
+def test_optimization_is_idempotent_and_deterministic() -> None:
+    model = _rich_model()
+    first = onnxrep.optimize(model).model.SerializeToString()
+    again = onnxrep.optimize(model).model.SerializeToString()
+    assert first == again
+    second = onnxrep.optimize(onnx.load_from_string(first))
+    assert second.model.SerializeToString() == first
+    assert not second.applied
+
+
+def test_new_initializer_names_are_unique_even_when_names_collide() -> None:
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6])
+    a = g.bn(g.conv(x, 4, 4, 3, name="conv"), 4)
+    g.init(np.zeros(1), name="conv.weight")  # a name the fold would like to use
+    g.init(np.zeros(1), name="conv.bias")
+    other = g.node("Mul", [g.node("Relu", [x]), g.init(np.zeros(1), "conv.weight_1")])
+    y = g.node("Add", [a, other])
+    r = optimized(g.model([y]))
+    names = [t.name for t in r.model.graph.initializer]
+    assert len(names) == len(set(names))
+
+
+def test_custom_domain_nodes_pass_through_untouched() -> None:
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6])
+    y = g.bn(g.conv(x, 4, 4, 3), 4)
+    model = g.model([y])
+    model.graph.node.append(
+        helper.make_node("MyOp", [y], ["custom"], name="mine", domain="com.example", alpha=2.0)
+    )
+    model.graph.output.append(helper.make_tensor_value_info("custom", g.elem, [None] * 4))
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    r = onnxrep.optimize(model)
+    assert op_counts(r.model) == {"Conv": 1, "MyOp": 1}
+    mine = next(n for n in r.model.graph.node if n.op_type == "MyOp")
+    assert mine == model.graph.node[-1]
+
+
+def _if_model() -> onnx.ModelProto:
+    """An If whose branches read an outer tensor produced by a BN (so it must survive)."""
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6])
+    cond = g.input([], name="cond", elem=onnx.TensorProto.BOOL)
+    c = g.conv(x, 4, 4, 3)
+    inner = g.bn(c, 4)
+    then = helper.make_graph(
+        [helper.make_node("Relu", [inner], ["t_out"])], "then", [],
+        [helper.make_tensor_value_info("t_out", g.elem, None)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", [inner], ["e_out"])], "else", [],
+        [helper.make_tensor_value_info("e_out", g.elem, None)],
+    )
+    model = g.model([])
+    model.graph.node.append(
+        helper.make_node("If", [cond], ["branch"], then_branch=then, else_branch=other)
+    )
+    model.graph.output.append(helper.make_tensor_value_info("branch", g.elem, [None] * 4))
+    return model
+
+
+def test_subgraphs_are_left_exactly_as_they_were() -> None:
+    model = _if_model()
+    r = onnxrep.optimize(model)
+    onnx.checker.check_model(r.model)
+    if_node = next(n for n in r.model.graph.node if n.op_type == "If")
+    assert if_node == next(n for n in model.graph.node if n.op_type == "If")
+    # the BN output is read inside the subgraphs: it is folded into the conv but keeps its name
+    assert op_counts(r.model) == {"Conv": 1, "If": 1}
+    for cond in (True, False):
+        feeds = {"cond": np.array(cond)}
+        onnxrep_cmp = onnxrep.compare(model, r.model, inputs={
+            "x_0": np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32),
+            **feeds,
+        })
+        assert onnxrep_cmp.ok
+
+
+@pytest.mark.parametrize("opset", [11, 13, 15, 17, 18, 19, 21])
+def test_opsets(opset: int) -> None:
+    g = GraphBuilder(opset=opset)
+    x = g.input([1, 4, 6, 6])
+    optimized(g.model([repvgg(g, x, 4)]), {"Conv": 1, "Relu": 1})
+
+
+def test_unknown_skip_name_is_an_error() -> None:
+    with pytest.raises(onnxrep.OnnxrepError, match="unknown pattern"):
+        onnxrep.optimize(_rich_model(), skip=["nope"])
