@@ -1,18 +1,22 @@
-"""Latency in onnxruntime: one model, or two interleaved so machine drift hits both alike.
+"""Latency in onnxruntime: one model, or several interleaved so machine drift hits all alike.
 
-After ``warmup`` runs of each, the models alternate run by run in an ABBA order (A B, B A, …)
-with the same inputs; every run is timed with ``perf_counter_ns`` around ``session.run``.
-Reported per model: p50, p90, min and mean in milliseconds; for two models the speedup
-``p50(A) / p50(B)`` and the spread of the per-pair ratios (their p10 and p90). The session runs
-at the stated onnxruntime optimization level (``all`` by default, as deployed) with
+After ``warmup`` rounds, the models run in rounds of one run each, every round's order rotated
+by one (A B C, B C A, C A B, …; for two models that is ABBA: A B, B A, …), with the same
+inputs, so each model runs equally often in every position and a linear drift adds the same to
+each. Every run is timed with ``perf_counter_ns`` around ``session.run``. Reported per model:
+p50, p90, min and mean in milliseconds, and for every model after the first its speedup
+``p50(first) / p50(model)``. ``BenchResult.speedup`` is that of the second model (the usual
+input → optimized pair), with the spread of its per-round ratios (their p10 and p90). The
+sessions run at the stated onnxruntime optimization level (``all`` by default, as deployed) with
 ``threads`` intra-op threads (0 lets onnxruntime choose).
 """
 
 from __future__ import annotations
 
 import os
+import string
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,19 +26,22 @@ import onnx
 from onnxrep.errors import OnnxrepError
 from onnxrep.verify import load_inputs, make_feeds, session
 
-__all__ = ["BenchResult", "Timing", "benchmark"]
+__all__ = ["BenchResult", "Timing", "benchmark", "round_order"]
 
 ModelLike = onnx.ModelProto | str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
 class Timing:
+    """One model's latency in milliseconds; ``speedup`` is relative to the first model."""
+
     name: str
     p50: float
     p90: float
     min: float
     mean: float
     runs: int
+    speedup: float | None = None
 
 
 @dataclass
@@ -53,53 +60,75 @@ class BenchResult:
         return asdict(self)
 
 
-def _timing(name: str, samples_ns: list[int]) -> Timing:
+def _timing(name: str, samples_ns: list[int], baseline_p50: float | None) -> Timing:
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50 = float(np.percentile(ms, 50))
     return Timing(
-        name, float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), float(ms.min()),
-        float(ms.mean()), len(samples_ns),
+        name, p50, float(np.percentile(ms, 90)), float(ms.min()), float(ms.mean()),
+        len(samples_ns), None if baseline_p50 is None else baseline_p50 / p50,
     )
+
+
+def round_order(i: int, n: int) -> list[int]:
+    """The order of the ``n`` models in round ``i``: rotated by one each round."""
+    return [(i + j) % n for j in range(n)]
 
 
 def benchmark(
     a: ModelLike,
     b: ModelLike | None = None,
-    *,
+    *more: ModelLike,
     threads: int = 1,
     warmup: int = 10,
     runs: int = 50,
     level: str = "all",
     shapes: Mapping[str, list[int]] | None = None,
     inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
-    names: tuple[str, str] = ("A", "B"),
+    names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchResult:
-    """Time ``a`` (and ``b``, interleaved); ``progress(done, total)`` is called per run."""
+    """Time ``a`` alone, or ``a``, ``b``, ... interleaved (``a`` is the baseline).
+
+    ``progress(done, total)`` is called after every round (warm-up rounds included).
+    """
     if runs < 1 or warmup < 0 or threads < 0:
         raise OnnxrepError("--runs must be >= 1, --warmup and --threads >= 0")
-    sessions = [session(m, level=level, threads=threads) for m in (a, b) if m is not None]
+    models = [m for m in (a, b, *more) if m is not None]
+    labels = list(names or ())[: len(models)]
+    labels += [string.ascii_uppercase[i % 26] for i in range(len(labels), len(models))]
+    sessions = [session(m, level=level, threads=threads) for m in models]
+    expected = sorted(i.name for i in sessions[0].get_inputs())
+    for label, s in zip(labels[1:], sessions[1:], strict=True):
+        got = sorted(i.name for i in s.get_inputs())
+        if got != expected:
+            raise OnnxrepError(
+                f"the models have different inputs: {labels[0]} {expected} vs {label} {got}"
+            )
     if inputs is not None:
         feeds = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
     else:
         feeds = make_feeds(sessions[0], 0, shapes)
-    for s in sessions:
-        for _ in range(warmup):
-            _run(s, feeds)
+    n, total = len(sessions), warmup + runs
     samples: list[list[int]] = [[] for _ in sessions]
-    for i in range(runs):
-        order = range(len(sessions)) if i % 2 == 0 else reversed(range(len(sessions)))
-        for j in order:
-            samples[j].append(_run(sessions[j], feeds))
+    for i in range(total):
+        for j in round_order(i, n):
+            elapsed = _run(sessions[j], feeds)
+            if i >= warmup:
+                samples[j].append(elapsed)
         if progress is not None:
-            progress(i + 1, runs)
+            progress(i + 1, total)
+    base = float(np.percentile(np.asarray(samples[0], dtype=np.float64) / 1e6, 50))
     result = BenchResult(
-        timings=[_timing(n, s) for n, s in zip(names, samples, strict=False)],
+        timings=[
+            _timing(name, s, base if j > 0 else None)
+            for j, (name, s) in enumerate(zip(labels, samples, strict=True))
+        ],
         threads=threads, level=level, warmup=warmup, runs=runs,
         inputs={k: list(np.shape(v)) for k, v in feeds.items()},
     )
-    if len(sessions) == 2:
+    if n >= 2:
         ratios = np.asarray(samples[0], dtype=np.float64) / np.asarray(samples[1])
-        result.speedup = result.timings[0].p50 / result.timings[1].p50
+        result.speedup = result.timings[1].speedup
         result.speedup_p10 = float(np.percentile(ratios, 10))
         result.speedup_p90 = float(np.percentile(ratios, 90))
     return result

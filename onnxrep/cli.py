@@ -1,7 +1,12 @@
 """The ``onnxrep`` command: the only module that parses arguments or prints.
 
 Exit codes (a contract for scripts and CI): 0 success; 1 outputs differ beyond tolerance
-(``optimize --verify``, ``compare``); 2 bad input or usage.
+(``optimize --verify``, ``compare``, ``check``); 2 bad input or usage; 3 the optimized model is
+not fast enough (``check --min-speedup``).
+
+Every subcommand takes ``--quiet`` (print nothing but errors; the exit code still tells) and
+``--verbose`` (every fold and skipped candidate, and the duration of each step on stderr). On a
+terminal, long steps show a status line on stderr (:mod:`onnxrep.progress`).
 """
 
 from __future__ import annotations
@@ -10,26 +15,50 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxrep import __version__, io
 from onnxrep.errors import OnnxrepError
 from onnxrep.passes import FAMILIES
+from onnxrep.progress import Progress
 
-EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+if TYPE_CHECKING:
+    import onnx
+
+    from onnxrep.bench import BenchResult
+    from onnxrep.verify import CompareResult
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TOO_SLOW = 0, 1, 2, 3
+
+EXIT_CODES = """\
+exit codes:
+  0  success
+  1  outputs differ beyond tolerance (optimize --verify, compare, check)
+  2  bad input or usage
+  3  speedup below --min-speedup (check)"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxrep",
-        description="Structural re-parameterization of ONNX models: fold BatchNorm and collapse "
-        "parallel conv branches into one Conv, verified with onnxruntime.",
+        description=textwrap.fill(
+            "Structural re-parameterization of ONNX models: fold BatchNorm and collapse "
+            "parallel conv branches into one Conv, verified with onnxruntime.", 79),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"onnxrep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    opt = sub.add_parser("optimize", help="fold a model and write the result")
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=textwrap.fill(description, 79),
+                              epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    opt = add("optimize", "fold a model and write the result",
+              "Fold a model and write the result; optionally verify parity and time it.")
     opt.add_argument("input", help="input .onnx model")
     opt.add_argument("-o", "--output", help="output .onnx path")
     opt.add_argument("--in-place", action="store_true", help="allow writing over the input")
@@ -37,30 +66,63 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--keep-on-mismatch", action="store_true",
                      help="write the output even when --verify finds a mismatch")
     opt.add_argument("--bench", action="store_true", help="time input vs output")
-    opt.add_argument("--report", metavar="FILE", help="write the result as JSON")
-    opt.add_argument("--skip", nargs="+", action="extend", default=[], metavar="NAME",
-                     choices=sorted(FAMILIES), help="pattern families to leave alone: "
-                     + ", ".join(sorted(FAMILIES)))
+    opt.add_argument("--deploy-form", metavar="MODEL.onnx",
+                     help="with --bench, also time this model (e.g. the network exported after "
+                     "its own switch_to_deploy), interleaved with the other two")
+    _report_option(opt)
+    _skip_option(opt)
     opt.add_argument("--explain", action="store_true",
                      help="list every fold and every skipped candidate with its reason")
     _parity_options(opt)
     _timing_options(opt)
+    _feedback_options(opt)
 
-    cmp = sub.add_parser("compare", help="run two models on the same inputs")
+    chk = add("check", "optimize in memory, verify and time: a CI gate",
+              "Optimize MODEL in memory (nothing is written), check parity, then time input vs "
+              "optimized. Exits 0 when parity holds and the speedup (p50 ratio) is at least "
+              "--min-speedup, 1 when parity fails (timing is then skipped), 3 when the speedup "
+              "is below the bar.")
+    chk.add_argument("input", metavar="MODEL", help="input .onnx model")
+    chk.add_argument("--min-speedup", type=float, metavar="X",
+                     help="fail (exit 3) when p50(input) / p50(optimized) < X (default: no bar)")
+    _skip_option(chk)
+    _parity_options(chk)
+    _timing_options(chk)
+    chk.add_argument("--json", action="store_true", help="print the report as JSON")
+    _report_option(chk)
+    _feedback_options(chk)
+
+    cmp = add("compare", "run two models on the same inputs",
+              "Run two models on the same inputs in onnxruntime and judge every output.")
     cmp.add_argument("a", help="reference model")
     cmp.add_argument("b", help="model to check")
     _parity_options(cmp)
     cmp.add_argument("--json", action="store_true", help="print JSON")
+    _feedback_options(cmp)
 
-    bench = sub.add_parser("bench", help="time one model, or two interleaved")
-    bench.add_argument("a", help="model (the baseline when two are given)")
-    bench.add_argument("b", nargs="?", help="second model")
+    bench = add("bench", "time one model, or several interleaved",
+                "Time one model, or several interleaved (the first is the baseline).")
+    bench.add_argument("a", help="model (the baseline when more are given)")
+    bench.add_argument("more", nargs="*", metavar="B", help="models to time against it")
     _timing_options(bench)
     bench.add_argument("--shape", action="append", metavar="NAME:DIMS",
                        help="size of a dynamic input, e.g. x:1x3x224x224")
     bench.add_argument("--inputs", metavar="FILE.npz", help="inputs to use")
     bench.add_argument("--json", action="store_true", help="print JSON")
+    _feedback_options(bench)
     return parser
+
+
+def _report_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", metavar="FILE",
+                   help="write a report; the extension picks the format: .json, .md (for a "
+                   "pull-request comment) or .html (one self-contained page with charts)")
+
+
+def _skip_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="NAME",
+                   choices=sorted(FAMILIES), help="pattern families to leave alone: "
+                   + ", ".join(sorted(FAMILIES)))
 
 
 def _parity_options(p: argparse.ArgumentParser) -> None:
@@ -81,53 +143,123 @@ def _timing_options(p: argparse.ArgumentParser) -> None:
                    help="onnxruntime optimization level for timing (default all)")
 
 
+def _feedback_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print nothing but errors (the exit code still tells)")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="list every fold and skipped candidate; log each step's duration")
+
+
+class _Console:
+    """What a command prints: results on stdout unless quiet, progress and errors on stderr."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.quiet: bool = args.quiet
+        self.verbose: bool = args.verbose
+        self.progress = Progress(sys.stderr, live=False if self.quiet else None,
+                                 verbose=self.verbose)
+        self.step = self.progress.step
+
+    def out(self, text: str) -> None:
+        if not self.quiet:
+            print(text)
+
+    def error(self, text: str) -> None:
+        print(f"onnxrep: {text}", file=sys.stderr)
+
+    def load(self, path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
+        try:
+            size = f" ({_size(Path(path).stat().st_size)})"
+        except OSError:
+            size = ""  # io.load names the problem
+        with self.step(f"loading {path}{size}"):
+            return io.load(path, check=check)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from onnxrep.pipeline import optimize
-    from onnxrep.report import Report, render_text, write
+    from onnxrep.report import Report, StagedReport, render_text, report_format
+    from onnxrep.result import ModelStats
 
+    ui = _Console(args)
     src = Path(args.input)
     if args.output is None and not args.in_place:
         raise OnnxrepError("missing -o OUTPUT (or --in-place to overwrite the input)")
     dst = Path(args.output) if args.output else src
     if _same_file(src, dst) and not args.in_place:
         raise OnnxrepError(f"{dst}: output is the input; pass --in-place to overwrite it")
-    if args.report and Path(args.report).suffix.lower() != ".json":
-        raise OnnxrepError(f"{args.report}: unknown report format (use .json)")
+    if args.report:
+        report_format(args.report)
+    if args.deploy_form and not args.bench:
+        raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
 
-    model = io.load(src)
-    result = optimize(model, skip=args.skip)
+    model = ui.load(src)
+    deploy = ui.load(args.deploy_form) if args.deploy_form else None
+    with ui.step("optimizing"):
+        result = optimize(model, skip=args.skip)
     report = Report(str(src), str(dst), result)
+    if deploy is not None:
+        report.deploy_form, report.deploy_stats = args.deploy_form, ModelStats.of(deploy)
     code = EXIT_OK
     if args.verify:
-        from onnxrep.verify import compare, parse_shapes
-
-        report.parity = compare(
-            model, result.model, atol=args.atol, rtol=args.rtol, inputs=args.inputs,
-            shapes=parse_shapes(args.shape), seeds=args.seeds,
-        )
+        report.parity = _verify(ui, args, model, result.model)
         if not report.parity.ok:
             code = EXIT_MISMATCH
     if args.bench:
-        from onnxrep.bench import benchmark
-        from onnxrep.verify import parse_shapes
-
-        report.timing = benchmark(
-            model, result.model, threads=args.threads, warmup=args.warmup, runs=args.runs,
-            level=args.level, shapes=parse_shapes(args.shape), inputs=args.inputs,
-            names=("input", "optimized"),
-        )
-    if code == EXIT_OK or args.keep_on_mismatch:
-        io.save(result.model, dst)
-        report.written = True
-    else:
+        models = [model, result.model] + ([deploy] if deploy is not None else [])
+        report.timing = _time(ui, args, models, ["input", "optimized", "deploy-form"])
+    report.written = code == EXIT_OK or args.keep_on_mismatch
+    if not report.written:
         report.output = None
-    if args.report:
-        write(report, args.report)
-    print(render_text(report, explain=args.explain))
+    # The report is staged first and renamed into place after the model is saved: a report
+    # that cannot be written leaves no model behind, and a model that cannot be written leaves
+    # no report claiming it was.
+    staged = StagedReport(report, args.report) if args.report else None
+    try:
+        if report.written:
+            with ui.step(f"writing {dst}"):
+                io.save(result.model, dst)
+        if staged is not None:
+            staged.commit()
+    finally:
+        if staged is not None:
+            staged.discard()
+    ui.out(render_text(report, explain=args.explain or args.verbose))
     if code == EXIT_MISMATCH:
         kept = "written anyway (--keep-on-mismatch)" if report.written else "not written"
-        print(f"onnxrep: outputs differ beyond tolerance; {dst} {kept}", file=sys.stderr)
+        ui.error(f"outputs differ beyond tolerance; {dst} {kept}")
     return code
+
+
+def _verify(ui: _Console, args: argparse.Namespace, a: object, b: object) -> CompareResult:
+    from onnxrep.verify import compare, parse_shapes
+
+    shapes = parse_shapes(args.shape)
+    label = "verifying" + ("" if args.inputs else f" over {args.seeds} input set(s)")
+    with ui.step(label) as tick:
+        return compare(a, b, atol=args.atol, rtol=args.rtol, inputs=args.inputs, shapes=shapes,
+                       seeds=args.seeds, progress=tick)
+
+
+def _time(ui: _Console, args: argparse.Namespace, models: Sequence[object],
+          names: Sequence[str]) -> BenchResult:
+    from onnxrep.bench import benchmark
+    from onnxrep.verify import parse_shapes
+
+    shapes = parse_shapes(args.shape)
+    with ui.step(f"timing {len(models)} model(s)") as tick:
+        return benchmark(*models, threads=args.threads, warmup=args.warmup, runs=args.runs,
+                         level=args.level, shapes=shapes, inputs=args.inputs,
+                         names=tuple(names), progress=tick)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -137,49 +269,102 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check(args: argparse.Namespace) -> int:
+    from onnxrep.pipeline import optimize
+    from onnxrep.report import Report, Verdict, render_text, report_format, write
+
+    ui = _Console(args)
+    if args.report:
+        report_format(args.report)
+    bar = args.min_speedup
+    if bar is not None and not bar > 0:
+        raise OnnxrepError("--min-speedup must be a positive number")
+    model = ui.load(args.input)
+    with ui.step("optimizing"):
+        result = optimize(model, skip=args.skip)
+    report = Report(str(args.input), None, result)
+    report.parity = parity = _verify(ui, args, model, result.model)
+    if not parity.ok:
+        bad = [o.name for o in parity.outputs if not o.ok]
+        verdict = Verdict(False, EXIT_MISMATCH, f"outputs differ beyond tolerance: "
+                          f"{', '.join(map(repr, bad))} (timing skipped)", bar)
+    else:
+        report.timing = timing = _time(ui, args, [model, result.model], ["input", "optimized"])
+        speedup = timing.speedup or 0.0
+        shown = _ratio(speedup, bar)
+        if bar is not None and speedup < bar:
+            verdict = Verdict(False, EXIT_TOO_SLOW,
+                              f"speedup {shown} is below --min-speedup {bar:g}x", bar)
+        else:
+            reached = f" >= {bar:g}x" if bar is not None else ""
+            verdict = Verdict(True, EXIT_OK, f"parity ok, speedup {shown}{reached}", bar)
+    report.check = verdict
+    if args.report:
+        with ui.step(f"writing {args.report}"):
+            write(report, args.report)
+    if args.json:
+        ui.out(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        ui.out(render_text(report, explain=args.verbose))
+    if not verdict.ok:
+        ui.error(f"check failed: {verdict.reason}")
+    return verdict.code
+
+
+def _ratio(x: float, bar: float | None) -> str:
+    """``x`` as ``1.21x``, with as many decimals as it takes not to look equal to ``bar``."""
+    for digits in range(2, 7):
+        text = f"{x:.{digits}f}"
+        if bar is None or x == bar or float(text) != bar:
+            return text + "x"
+    return f"{x!r}x"
+
+
 def _compare(args: argparse.Namespace) -> int:
     from onnxrep.report import parity_table
-    from onnxrep.verify import compare, parse_shapes
 
+    ui = _Console(args)
     for path in (args.a, args.b):
-        io.load(path, check=False)  # a clear error for a bad file before onnxruntime's
-    result = compare(
-        args.a, args.b, atol=args.atol, rtol=args.rtol, inputs=args.inputs,
-        shapes=parse_shapes(args.shape), seeds=args.seeds,
-    )
+        ui.load(path, check=False)  # a clear error for a bad file before onnxruntime's
+    result = _verify(ui, args, args.a, args.b)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        ui.out(json.dumps(result.to_dict(), indent=2))
     else:
         verdict = "equivalent" if result.ok else "DIFFERENT"
-        print(f"{args.a} vs {args.b}: {verdict} over {result.seeds} input set(s), "
-              f"onnxruntime {result.level}")
-        for line in parity_table(result):
-            print(f"  {line}")
+        lines = [f"{args.a} vs {args.b}: {verdict} over {result.seeds} input set(s), "
+                 f"onnxruntime {result.level}"]
+        lines += [f"  {line}" for line in parity_table(result)]
+        if ui.verbose:
+            lines.append("  inputs " + ", ".join(
+                f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items()))
+        ui.out("\n".join(lines))
     return EXIT_OK if result.ok else EXIT_MISMATCH
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from onnxrep.bench import benchmark
     from onnxrep.report import timing_lines
-    from onnxrep.verify import parse_shapes
 
-    for path in (args.a, args.b):
-        if path is not None:
-            io.load(path, check=False)
-    result = benchmark(
-        args.a, args.b, threads=args.threads, warmup=args.warmup, runs=args.runs,
-        level=args.level, shapes=parse_shapes(args.shape), inputs=args.inputs,
-        names=(Path(args.a).name, Path(args.b).name if args.b else ""),
-    )
+    ui = _Console(args)
+    paths = [args.a, *args.more]
+    for path in paths:
+        ui.load(path, check=False)
+    names: list[str] = []
+    for path in paths:
+        name = Path(path).name
+        names.append(name if name not in names else f"{name} ({len(names) + 1})")
+    result = _time(ui, args, paths, names)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        ui.out(json.dumps(result.to_dict(), indent=2))
     else:
-        print("\n".join(line.strip() if i == 0 else line for i, line in
-                        enumerate(timing_lines(result))))
+        lines = timing_lines(result)
+        if ui.verbose:
+            lines.append("    inputs     " + ", ".join(
+                f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items()))
+        ui.out("\n".join(line.strip() if i == 0 else line for i, line in enumerate(lines)))
     return EXIT_OK
 
 
-COMMANDS = {"optimize": _optimize, "compare": _compare, "bench": _bench}
+COMMANDS = {"optimize": _optimize, "check": _check, "compare": _compare, "bench": _bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

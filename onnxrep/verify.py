@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,12 @@ def _arg(v: onnx.ValueInfoProto) -> _Arg:
     return _Arg(v.name, dims, f"tensor({names.get(np_type.type, np_type.name)})")
 
 
+def quiet_runtime_logs() -> None:
+    """Only errors from onnxruntime sessions this module does not create (onnx-graphsurgeon's
+    constant folding runs one) reach the terminal."""
+    ort.set_default_logger_severity(3)
+
+
 def runtime_of(sess: Any) -> str:
     return getattr(sess, "runtime", "onnxruntime")
 
@@ -247,11 +254,16 @@ def _numpy_dtype(ort_type: str) -> np.dtype:
 
 
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` file; any failure is one line naming the file."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("one array, not an .npz archive of named inputs")
+        with data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise OnnxrepError(f"{path}: cannot read inputs ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxrepError(f"{path}: cannot read inputs ({text[:300]})") from None
 
 
 def compare(
@@ -264,8 +276,12 @@ def compare(
     shapes: Mapping[str, list[int]] | None = None,
     seeds: int = 3,
     level: str = "disable_all",
+    progress: Callable[[int, int], None] | None = None,
 ) -> CompareResult:
-    """Run ``a`` (the reference) and ``b`` on the same inputs and judge every output."""
+    """Run ``a`` (the reference) and ``b`` on the same inputs and judge every output.
+
+    ``progress(done, total)`` is called after every input set.
+    """
     if seeds < 1:
         raise OnnxrepError("--seeds must be at least 1")
     sa = session(a, level=level, fallback=True)
@@ -288,7 +304,7 @@ def compare(
         feed_sets = [make_feeds(sa, seed, shapes) for seed in range(seeds)]
 
     worst: dict[str, OutputDiff] = {}
-    for feeds in feed_sets:
+    for done, feeds in enumerate(feed_sets, 1):
         try:
             ra = sa.run(None, feeds)
             rb = sb.run(None, feeds)
@@ -298,6 +314,8 @@ def compare(
         for name, x, y in zip(names_a, ra, rb, strict=True):
             diff = _diff(name, np.asarray(x), np.asarray(y), atol, rtol)
             worst[name] = diff if name not in worst else _worse(worst[name], diff)
+        if progress is not None:
+            progress(done, len(feed_sets))
     runtimes = {runtime_of(sa), runtime_of(sb)}
     return CompareResult(
         outputs=[worst[n] for n in names_a],

@@ -116,3 +116,20 @@ def test_python_dash_m_and_console_script(model_path: Path, tmp_path: Path) -> N
     )
     assert run.returncode == 0, run.stderr
     assert "folds      1 (branches 1)" in run.stdout
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 not a zip archive", b"", b"\x93NUMPY"])
+def test_unreadable_inputs_file_is_one_line_naming_it(model_path: Path, tmp_path: Path,
+                                                      content: bytes, capsys) -> None:
+    npz = tmp_path / "inputs.npz"
+    npz.write_bytes(content)
+    assert main(["compare", str(model_path), str(model_path), "--inputs", str(npz)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"onnxrep: error: {npz}: cannot read inputs") and "\n" not in err
+
+
+def test_a_npy_array_is_not_an_inputs_file(model_path: Path, tmp_path: Path, capsys) -> None:
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((1, 8, 12, 12), np.float32))
+    assert main(["compare", str(model_path), str(model_path), "--inputs", str(npy)]) == 2
+    assert "not an .npz archive" in capsys.readouterr().err
