@@ -24,6 +24,7 @@ __all__ = [
     "constant",
     "is_default_domain",
     "producer",
+    "release_overridable",
     "replace_uses",
     "subgraph_references",
 ]
@@ -225,6 +226,30 @@ def canonicalize(graph: gs.Graph, pinned: set[str]) -> int:
     if removed:
         graph.nodes = [n for n in graph.nodes if id(n) not in removed]
     return len(removed)
+
+
+def release_overridable(graph: gs.Graph, model: onnx.ModelProto) -> set[str]:
+    """Initializers that are also graph inputs are defaults a caller may override: make them
+    graph-input variables so no rule treats them as constants. Returns their names (the
+    exporter puts the original initializers back). Before IR 4 every initializer had to be
+    listed as an input, so there the listing means nothing."""
+    if model.ir_version < 4:
+        return set()
+    inits = {t.name for t in model.graph.initializer}
+    order = [v.name for v in model.graph.input]
+    names = {n for n in order if n in inits}
+    if not names:
+        return names
+    tensors = graph.tensors()
+    by_name = {t.name: t for t in graph.inputs}
+    for name in names:
+        t = tensors.get(name)
+        if isinstance(t, gs.Constant):
+            var = gs.Variable(name, dtype=t.dtype, shape=list(t.shape))
+            replace_uses(t, var)
+            by_name[name] = var
+    graph.inputs = [by_name[n] for n in order if n in by_name]
+    return names
 
 
 def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:

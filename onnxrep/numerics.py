@@ -437,13 +437,14 @@ def compose(inner: Map, outer: Map) -> Map:
         if any(outer.pads):
             scaled = pad(scaled, outer.pads, 0.0)
         return affine(scaled, np.ones(1), outer.shift)
+    outer_pads = outer.pads if outer.auto_pad == "NOTSET" else (1,)  # SAME pads at run time
     if isinstance(inner, ChannelAffine):
-        _border_ok(inner.shift, outer.pads, "the conv")
+        _border_ok(inner.shift, outer_pads, "the conv")
         inner = to_conv(inner, outer.cin, outer.cin)
     if inner.pointwise and not (isinstance(inner, ConvMap) and inner.auto_pad != "NOTSET"):
         if outer.auto_pad != "NOTSET" and any(inner.pads):
             raise Inexact(f"auto_pad={outer.auto_pad} after a padded map")
-        _border_ok(inner.bias, outer.pads, "the second conv")
+        _border_ok(inner.bias, outer_pads, "the second conv")
         weight, group = _contract_groups(inner, outer)
         bias = outer.bias + _apply_channels(outer, inner.bias)
         pads = tuple(a + b for a, b in zip(inner.pads, outer.pads, strict=True))
@@ -455,17 +456,23 @@ def compose(inner: Map, outer: Map) -> Map:
     raise Inexact("neither convolution is 1x1 with stride 1 (and no pads after)")
 
 
-def pad(m: Map, pads: tuple[int, ...], value: np.ndarray | float) -> Map:
+def pad(
+    m: Map, pads: tuple[int, ...], value: np.ndarray | float, tolerance: float = 0.0
+) -> Map:
     """``m(x)`` padded on the spatial axes by ``pads`` with (per-channel) ``value``.
 
     Exact when ``m`` is pointwise and its bias equals ``value`` (its border then *is* its bias);
-    the pads join the map's own. Pass the already-checked bias as ``value`` for a border fill.
+    the pads join the map's own. ``tolerance`` (relative, at least absolute 1x) admits a value
+    that an exporter computed from the same parameters in a narrower float type; the merged
+    map then uses the bias, which is the float64 value of the same expression.
     """
     if not m.pointwise or (isinstance(m, ConvMap) and m.auto_pad != "NOTSET"):
         raise Inexact("padding after a convolution with a kernel larger than 1x1 or a stride")
     bias = m.bias if isinstance(m, ConvMap) else m.shift
     value = np.asarray(value, dtype=np.float64).reshape(-1)
-    if np.any(np.broadcast_to(bias, np.broadcast_shapes(bias.shape, value.shape)) != value):
+    shape = np.broadcast_shapes(bias.shape, value.shape)
+    gap = np.abs(np.broadcast_to(bias, shape) - np.broadcast_to(value, shape))
+    if np.any(gap > tolerance * np.maximum(1.0, np.abs(np.broadcast_to(value, shape)))):
         raise Inexact("pad value differs from the padded tensor's value at zero input")
     new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
     return replace(m, pads=new_pads)

@@ -20,8 +20,14 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import io
 from onnxrep.errors import OnnxrepError
-from onnxrep.graph import Names, ShapeInfo, canonicalize, subgraph_references
-from onnxrep.passes import FAMILIES, PASSES, PassState
+from onnxrep.graph import (
+    Names,
+    ShapeInfo,
+    canonicalize,
+    release_overridable,
+    subgraph_references,
+)
+from onnxrep.passes import FAMILIES, PASSES, PassState, constants
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
 __all__ = ["optimize"]
@@ -49,9 +55,21 @@ def optimize(
 
     before = ModelStats.of(original)
     graph = gs.import_onnx(original)
+    release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
-    state = PassState(ShapeInfo.infer(original), pinned, Names.of(original), skipped_families)
+    opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
+    state = PassState(
+        ShapeInfo.infer(original), pinned, Names.of(original), skipped_families, opset
+    )
     removed = canonicalize(graph, pinned)
+    folded = 0
+    if constants.FAMILY not in skipped_families:
+        for _ in range(constants.MAX_ROUNDS):
+            count = constants.fold(graph, state.shapes)
+            if not count:
+                break
+            folded += count
+            state.shapes = ShapeInfo.infer(export(graph, original))  # folding exposes shapes
 
     applied: list[Fold] = []
     skipped: list[Skip] = []
@@ -69,7 +87,7 @@ def optimize(
         if not folds_this_round:
             break
 
-    if not applied and not removed:
+    if not applied and not removed and not folded:
         result_model = onnx.ModelProto()
         result_model.CopyFrom(original)
     else:
@@ -83,7 +101,10 @@ def optimize(
         after=ModelStats.of(result_model),
         seconds=time.perf_counter() - start,
         rounds=rounds,
-        notes=[f"canonicalized {removed} Identity/Constant node(s)"] if removed else [],
+        notes=[
+            *([f"canonicalized {removed} Identity/Constant node(s)"] if removed else []),
+            *([f"folded {folded} constant node(s)"] if folded else []),
+        ],
     )
 
 
@@ -109,10 +130,14 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
         )
         g.node.append(before if same else node)
     g.initializer.extend(exported.initializer)
+    present = {t.name for t in exported.initializer}
+    overridable = {v.name for v in exported.input} - present
+    g.initializer.extend(t for t in src.initializer if t.name in overridable)
 
-    by_name = {v.name: v for v in (*src.input, *src.output, *src.value_info)}
-    g.input.extend(by_name.get(v.name, v) for v in exported.input)
-    g.output.extend(by_name.get(v.name, v) for v in exported.output)
+    inputs = {v.name: v for v in src.input}
+    outputs = {v.name: v for v in src.output}
+    g.input.extend(inputs.get(v.name, v) for v in exported.input)
+    g.output.extend(outputs.get(v.name, v) for v in exported.output)
     live = {name for n in g.node for name in n.output}
     g.value_info.extend(v for v in src.value_info if v.name in live)
     return out

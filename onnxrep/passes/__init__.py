@@ -16,8 +16,10 @@ import onnx_graphsurgeon as gs
 from onnxrep.graph import Names, ShapeInfo
 from onnxrep.passes import (  # noqa: F401  (importing a family module registers its rules)
     affine,
+    border,
     branches,
     concat,
+    constants,
     conv_bn,
     conv_transpose,
     gemm,
@@ -29,6 +31,7 @@ from onnxrep.passes import (  # noqa: F401  (importing a family module registers
 from onnxrep.result import Fold, Skip
 
 FAMILIES: dict[str, str] = {
+    "constants": "constant subgraphs (shape arithmetic) folded to initializers first",
     "conv-bn": "BatchNormalization after a Conv, or on a branch input (identity branch)",
     "conv-affine": "Mul/Add/Sub/Div by a scalar or per-channel constant after a Conv",
     "branches": "Add/Sub/Sum of parallel branches on one tensor",
@@ -36,6 +39,7 @@ FAMILIES: dict[str, str] = {
     "concat": "Concat of parallel convolutions on one tensor",
     "avgpool": "AveragePool inside a region, as a depthwise conv",
     "pad": "zero Pad before a Conv, merged into its pads",
+    "border-fill": "a border written with per-channel constants (DBB's exported BN-and-pad)",
     "convtranspose-bn": "BatchNormalization / per-channel affine after a ConvTranspose",
     "gemm-bn": "BatchNormalization / per-feature affine after Gemm or a 2-D MatMul",
 }
@@ -50,6 +54,7 @@ class PassState:
     pinned: set[str]
     names: Names
     skip: frozenset[str]
+    opset: int
 
 
 Pass = Callable[[gs.Graph, PassState], tuple[list[Fold], list[Skip]]]

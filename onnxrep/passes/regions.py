@@ -51,8 +51,14 @@ class Candidate:
 
     def then(self, node: gs.Node, new_map: nx.Map, family: str, macs: float = 0.0) -> Candidate:
         """This candidate extended by ``node``, whose output is ``new_map(source)``."""
+        return self.extend([node], new_map, family, macs)
+
+    def extend(
+        self, nodes: list[gs.Node], new_map: nx.Map, family: str, macs: float = 0.0
+    ) -> Candidate:
+        """This candidate extended by a chain of ``nodes`` whose last output is ``new_map``."""
         return Candidate(
-            self.source, new_map, (*self.nodes, node), self.macs + macs,
+            self.source, new_map, (*self.nodes, *nodes), self.macs + macs,
             self.families | {family},
         )
 
@@ -95,6 +101,7 @@ class RegionContext:
     shapes: ShapeInfo
     pinned: set[str]
     skip: frozenset[str] = frozenset()
+    opset: int = 17
     candidates: dict[int, list[Candidate]] = field(default_factory=dict)
     opaque: dict[int, str] = field(default_factory=dict)
     notes: list[tuple[gs.Node, str, str]] = field(default_factory=list)
@@ -226,7 +233,7 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
 
 def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
     """Run the rules over ``graph`` and rewrite every profitable, exact region as one Conv."""
-    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip)
+    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip, state.opset)
     names = state.names
     for node in graph.nodes:
         if not is_default_domain(node):
@@ -308,6 +315,10 @@ def _choose(
             continue
         if not any(n.op == "Conv" for n in c.nodes) or any(id(n) in absorbed for n in c.nodes):
             continue
+        if not _representable(c):
+            ctx.note(root, _label(c), f"the folded weights of {len(c.nodes)} nodes overflow "
+                     f"{_dtype(c)}")
+            continue
         if nx.macs(c.map) > c.macs * (1 + 1e-9):
             costly = costly or c
             continue
@@ -322,6 +333,23 @@ def _choose(
     return best
 
 
+def _main_conv(c: Candidate) -> gs.Node:
+    """The conv whose name and dtype the emitted Conv takes: the largest weight."""
+    return max((n for n in c.nodes if n.op == "Conv"), key=lambda n: constant(n.inputs[1]).size)
+
+
+def _dtype(c: Candidate) -> np.dtype:
+    return constant(_main_conv(c).inputs[1]).dtype
+
+
+def _representable(c: Candidate) -> bool:
+    """The float64 fold stays finite in the model's dtype (a float16 fold can overflow)."""
+    m = c.map
+    assert isinstance(m, nx.ConvMap)
+    limit = float(np.finfo(_dtype(c)).max)
+    return bool(np.all(np.abs(m.weight) <= limit) and np.all(np.abs(m.bias) <= limit))
+
+
 def _label(c: Candidate) -> str:
     return next((f for f in LABEL_ORDER if f in c.families), "conv-bn")
 
@@ -331,9 +359,8 @@ def _emit(t: gs.Tensor, c: Candidate, names: Names) -> gs.Node:
     replaces are detached."""
     m = c.map
     assert isinstance(m, nx.ConvMap)
-    convs = [n for n in c.nodes if n.op == "Conv"]
-    main = max(convs, key=lambda n: constant(n.inputs[1]).size)
-    dtype = constant(main.inputs[1]).dtype
+    main = _main_conv(c)
+    dtype = _dtype(c)
     base = main.name or t.name
     weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(m.weight, dtype))
     bias = gs.Constant(names.fresh(f"{base}.bias"), np.ascontiguousarray(m.bias, dtype))

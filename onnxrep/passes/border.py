@@ -1,0 +1,209 @@
+"""A border filled with per-channel constants: DBB's "BN and pad" in its exported forms (§5).
+
+Before → after: ``ScatterND(ScatterND(Pad(BN(Conv1x1(x)))))`` (TorchScript) or the
+``Pad → Transpose → ScatterND … → Transpose`` chain (dynamo) → part of one Conv.
+
+The DBB layer pads ``y = BN(..)`` and then writes ``BN(0)`` per channel into the border by slice
+assignment, which exporters turn into chains of data-movement ops with constant indices. Such a
+chain is a *routing*: every output element is a copy of one input element or one constant
+element, whatever the values. The rule proves what the routing is without evaluating the model:
+it runs the chain in onnx's reference evaluator on int64 *tags* — the input's own element
+indices, and a unique negative id for every constant element — so the output says, element by
+element, where it came from. If that is "the input, offset by ``p0`` on each spatial axis, and a
+border of one constant value per channel ``c``", the chain is ``pad(y, pads, c)``. When ``y``
+is a pointwise map whose bias equals ``c`` (the value at zero input, as DBB writes it), that is
+exactly the map with larger pads (numerics.pad), and a following Conv or AveragePool merges as
+in §3/§5. Only chains of the ops in ``ROUTING`` with constant side inputs, on static shapes,
+qualify; anything else keeps its nodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
+
+from onnxrep import numerics as nx
+from onnxrep.graph import constant
+from onnxrep.passes.regions import Candidate, RegionContext, rule
+
+FAMILY = "border-fill"
+
+ROUTING: dict[str, tuple[int, ...]] = {
+    # op → input slots whose values flow into the output (the rest are indices or shapes)
+    "Pad": (0, 2), "ScatterND": (0, 2), "ScatterElements": (0, 2), "Transpose": (0,),
+    "Identity": (0,), "Slice": (0,), "Reshape": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
+    "Flatten": (0,), "Expand": (0,), "Gather": (0,), "Tile": (0,), "Where": (1, 2),
+    "Concat": (),  # every input
+}
+MAX_ELEMENTS = 1 << 22
+MAX_CHAIN = 64
+
+
+def _data_slots(node: gs.Node) -> tuple[int, ...]:
+    return tuple(range(len(node.inputs))) if node.op == "Concat" else ROUTING[node.op]
+
+
+def _variable_slot(node: gs.Node) -> int | None:
+    """The one input of ``node`` that is not a constant, if it is a data slot."""
+    slots = [i for i, t in enumerate(node.inputs) if t.name and constant(t) is None]
+    if len(slots) != 1 or slots[0] not in _data_slots(node):
+        return None
+    if node.op in ("ScatterND", "ScatterElements") and node.attrs.get("reduction", "none") not in (
+        "none", b"none"
+    ):
+        return None
+    if node.op == "Pad" and (node.attrs.get("mode", "constant") not in ("constant", b"constant")
+                             or len(node.inputs) < 2):
+        return None
+    return slots[0]
+
+
+def _chain(end: gs.Node, ctx: RegionContext) -> tuple[list[gs.Node], int] | None:
+    """The routing nodes ending at ``end`` (first to last) and the data slot of the first."""
+    nodes = [end]
+    slot = _variable_slot(end)
+    while slot is not None and len(nodes) <= MAX_CHAIN:
+        t = nodes[0].inputs[slot]
+        producer = t.inputs[0] if t.inputs else None
+        if (
+            producer is None or producer.op not in ROUTING or len(producer.outputs) != 1
+            or ctx.shared_reason(t, nodes[0]) is not None
+        ):
+            return nodes, slot
+        prev_slot = _variable_slot(producer)
+        if prev_slot is None:
+            return nodes, slot
+        nodes.insert(0, producer)
+        slot = prev_slot
+    return None
+
+
+def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...],
+             opset: int) -> tuple[np.ndarray, dict[int, float]] | None:
+    """Run the chain on tags: returns the output's tag array and the constant each id holds."""
+    values: dict[int, float] = {}
+    inits: list[onnx.TensorProto] = []
+    protos = []
+    start = nodes[0].inputs[slot].name
+    next_id = -1
+    for k, node in enumerate(nodes):
+        inputs = []
+        for i, t in enumerate(node.inputs):
+            value = constant(t)
+            if not t.name or value is None:
+                inputs.append(t.name)  # the routed tensor (or an omitted optional input)
+            elif i in _data_slots(node):
+                v = np.asarray(value, dtype=np.float64)
+                tags = np.arange(next_id, next_id - v.size, -1, dtype=np.int64)
+                values.update(zip(tags.tolist(), v.reshape(-1).tolist(), strict=True))
+                next_id -= v.size
+                inits.append(numpy_helper.from_array(tags.reshape(v.shape), f"tag_{k}_{i}"))
+                inputs.append(f"tag_{k}_{i}")
+            else:
+                inits.append(numpy_helper.from_array(np.asarray(value), f"side_{k}_{i}"))
+                inputs.append(f"side_{k}_{i}")
+        if node.op == "Pad" and (len(inputs) < 3 or not inputs[2]):
+            values[next_id] = 0.0  # the default pad value, made visible as a tag
+            name = f"pad_value_{k}"
+            inits.append(numpy_helper.from_array(np.array(next_id, dtype=np.int64), name))
+            next_id -= 1
+            inputs = [*inputs[:2], name, *inputs[3:]]
+        attrs = {a: v for a, v in node.attrs.items()}
+        protos.append(helper.make_node(node.op, inputs, [node.outputs[0].name], **attrs))
+    graph = helper.make_graph(
+        protos, "routing", [helper.make_tensor_value_info(start, onnx.TensorProto.INT64, shape)],
+        [helper.make_tensor_value_info(nodes[-1].outputs[0].name, onnx.TensorProto.INT64, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        probe = np.arange(np.prod(shape)).reshape(shape)
+        (out,) = ReferenceEvaluator(model).run(None, {start: probe})
+    except Exception:  # an op form the reference evaluator rejects: not provably a routing
+        return None
+    return np.asarray(out), values
+
+
+def border_fill(
+    out: np.ndarray, values: dict[int, float], shape: tuple[int, ...]
+) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """``(pads, per-channel values)`` if ``out`` is the input placed at an offset inside a
+    border of one constant per channel; else ``None``."""
+    if out.ndim != len(shape) or out.shape[:2] != shape[:2]:
+        return None
+    r = len(shape) - 2
+    where = np.argwhere(out == 0)
+    if len(where) != 1:
+        return None
+    begin = tuple(int(v) for v in where[0][2:])
+    ends = tuple(out.shape[2 + i] - shape[2 + i] - begin[i] for i in range(r))
+    if any(e < 0 for e in ends):
+        return None
+    spans = (slice(b, b + n) for b, n in zip(begin, shape[2:], strict=True))
+    interior = (slice(None), slice(None), *spans)
+    if not np.array_equal(out[interior], np.arange(np.prod(shape)).reshape(shape)):
+        return None
+    border = np.ones(out.shape, dtype=bool)
+    border[interior] = False
+    if not border.any() or np.any(out[border] >= 0):
+        return None
+    fill = np.zeros(shape[1])
+    for c in range(shape[1]):
+        ids = np.unique(out[:, c][border[:, c]])
+        channel = {values[int(i)] for i in ids}
+        if len(channel) != 1:
+            return None
+        fill[c] = channel.pop()
+    return begin + ends, fill
+
+
+@rule(FAMILY, *ROUTING)
+def border_fill_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
+    if len(node.outputs) != 1:
+        return []
+    out = node.outputs[0]
+    readers = out.outputs
+    if len(readers) == 1 and readers[0].op in ROUTING and not ctx.shared_reason(out, readers[0]):
+        return []  # not the end of a chain
+    found = _chain(node, ctx)
+    if found is None:
+        return []
+    nodes, slot = found
+    start = nodes[0].inputs[slot]
+    writers = ("Pad", "ScatterND", "ScatterElements", "Where", "Concat")
+    if not ctx.candidates.get(id(start)) or not any(n.op in writers for n in nodes):
+        return []
+    shape = ctx.shapes.shapes.get(start.name)
+    if shape is None or len(shape) < 3 or any(d is None for d in shape):
+        ctx.note(node, FAMILY, f"border fill of {start.name!r} needs a static input shape")
+        return []
+    if int(np.prod(shape)) > MAX_ELEMENTS:
+        return []
+    routed = _routing(nodes, slot, tuple(shape), ctx.opset)
+    fill = border_fill(*routed, tuple(shape)) if routed is not None else None
+    if fill is None:
+        return []
+    pads, values = fill
+    elem = ctx.shapes.dtypes.get(start.name, onnx.TensorProto.FLOAT)
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    out_candidates = []
+    reasons = []
+    for c in ctx.operands(nodes[0], slot, FAMILY):
+        try:
+            padded = nx.pad(c.map, pads, values, tolerance=_tolerance(dtype))
+        except nx.Inexact as e:
+            reasons.append(str(e))
+            continue
+        out_candidates.append(c.extend(nodes, padded, FAMILY))
+    if not out_candidates and reasons:
+        ctx.note(node, FAMILY, reasons[-1])
+    return out_candidates
+
+
+def _tolerance(dtype: np.dtype) -> float:
+    """How close a fill value must be to the map's bias: the exporter computed it in ``dtype``."""
+    return 64 * float(np.finfo(dtype).eps) if np.dtype(dtype).kind == "f" else 0.0
