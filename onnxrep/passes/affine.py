@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported
+from onnxrep.graph import Unsupported, constant
 from onnxrep.passes.channelwise import BINARY_OPS, binary_affine, constant_operand
 from onnxrep.passes.regions import Candidate, RegionContext, rule
 
@@ -24,6 +24,12 @@ FAMILY = "conv-affine"
 def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     found = constant_operand(node)
     if found is None:
+        if node.op in ("Mul", "Div") and len(node.inputs) == 2:
+            for mine, other in ((0, 1), (1, 0)):
+                scale = node.inputs[other]
+                if id(node.inputs[mine]) in ctx.candidates and constant(scale) is None:
+                    ctx.note(node, FAMILY, f"the scale {scale.name!r} is not a constant")
+                    break
         return []
     var, _ = found
     out = []
