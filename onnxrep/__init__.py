@@ -46,11 +46,11 @@ def compare(a: Any, b: Any, **kwargs: Any) -> CompareResult:
     return _compare(a, b, **kwargs)
 
 
-def benchmark(a: Any, b: Any = None, **kwargs: Any) -> BenchResult:
-    """Time one model, or two interleaved; see :func:`onnxrep.bench.benchmark`."""
+def benchmark(a: Any, b: Any = None, *more: Any, **kwargs: Any) -> BenchResult:
+    """Time one model, or several interleaved; see :func:`onnxrep.bench.benchmark`."""
     from onnxrep.bench import benchmark as _benchmark
 
-    return _benchmark(a, b, **kwargs)
+    return _benchmark(a, b, *more, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
