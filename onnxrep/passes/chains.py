@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, Unsupported, is_default_domain
+from onnxrep.graph import ShapeInfo, Unsupported, is_default_domain, shared_reason
 from onnxrep.passes.channelwise import affine_chain
 from onnxrep.result import Fold, Skip
 
@@ -45,15 +45,10 @@ def fold_chains(
     graph: gs.Graph, state: PassState, family: str, ops: tuple[str, ...], parse: Parser,
 ) -> tuple[list[Fold], list[Skip]]:
     """Replace every ``ops`` node and its affine chain by one node (see the module doc)."""
-    shapes, pinned, names = state.shapes, state.pinned, state.names
-    outputs = {id(t) for t in graph.outputs}
+    shapes, names = state.shapes, state.names
 
     def shared(t: gs.Tensor) -> str | None:
-        if t.name in pinned or id(t) in outputs:
-            return f"{t.name!r} is a graph output"
-        if len(t.outputs) > 1:
-            return f"{t.name!r} has {len(t.outputs)} readers"
-        return None
+        return shared_reason(t, t.outputs[0], graph, state.pinned)
 
     folds: list[Fold] = []
     skips: list[Skip] = []

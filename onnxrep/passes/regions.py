@@ -24,7 +24,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Names, ShapeInfo, Unsupported, attributes, constant, is_default_domain
+from onnxrep.graph import (
+    Names,
+    ShapeInfo,
+    Unsupported,
+    attributes,
+    constant,
+    is_default_domain,
+    shared_reason,
+)
 from onnxrep.result import Fold, Skip
 
 if TYPE_CHECKING:
@@ -115,13 +123,7 @@ class RegionContext:
 
     def shared_reason(self, t: gs.Tensor, reader: gs.Node) -> str | None:
         """Why ``reader`` may not absorb the computation of ``t`` (None when it may)."""
-        if t.name in self.pinned or any(o is t for o in self.graph.outputs):
-            return f"{t.name!r} is a graph output"
-        others = {id(n): n for n in t.outputs if n is not reader}
-        if others:
-            names = ", ".join(repr(n.name or n.op) for n in others.values())
-            return f"{t.name!r} also feeds {names}"
-        return None
+        return shared_reason(t, reader, self.graph, self.pinned)
 
     def identity(self, t: gs.Tensor) -> Candidate | None:
         rank = self.shapes.rank(t.name)
@@ -148,9 +150,6 @@ class RegionContext:
         if own is None:
             return [Candidate(t, _unknown_rank(upstream))] if upstream else []
         return [own]
-
-    def rank_of(self, t: gs.Tensor) -> int | None:
-        return self.shapes.rank(t.name)
 
 
 def _unknown_rank(upstream: list[Candidate]) -> nx.ChannelAffine:
