@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,28 +24,12 @@ import pytest
 import torch
 
 import onnxrep
-from models.export import FORMS, export
+from models.export import FORMS
 from models.nets import NETWORKS
 from onnxrep.verify import session
 
 PREFOLDED = {"torchscript", "dynamo-opt"}
 CASES = [(n, f) for n in NETWORKS for f in FORMS]
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return {"dir": tmp_path_factory.mktemp("exports")}
-
-
-def _export(exports: dict, name: str, form: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    folder = exports["dir"]
-    train, deploy = folder / f"{name}.{form}.onnx", folder / f"{name}.deploy.{form}.onnx"
-    if name not in exports:
-        exports[name] = NETWORKS[name].factory()
-    net = exports[name]
-    export(net, NETWORKS[name].input_shape, train, form)
-    export(net, NETWORKS[name].input_shape, deploy, form, deploy=True)
-    return onnx.load(train), onnx.load(deploy)
 
 
 def _rms_error(model: onnx.ModelProto, inputs: list[np.ndarray], refs: list[np.ndarray]) -> float:
@@ -59,8 +42,8 @@ def _rms_error(model: onnx.ModelProto, inputs: list[np.ndarray], refs: list[np.n
 
 
 @pytest.mark.parametrize(("name", "form"), CASES, ids=[f"{n}-{f}" for n, f in CASES])
-def test_network_optimizes_to_its_deploy_form(exports: dict, name: str, form: str) -> None:
-    train, deploy = _export(exports, name, form)
+def test_network_optimizes_to_its_deploy_form(exports, name: str, form: str) -> None:
+    train, deploy = onnx.load(exports(name, form)), onnx.load(exports(name, form, deploy=True))
     result = onnxrep.optimize(train)
     onnx.checker.check_model(result.model, full_check=True)
 
@@ -74,7 +57,7 @@ def test_network_optimizes_to_its_deploy_form(exports: dict, name: str, form: st
 
     shape = NETWORKS[name].input_shape
     inputs = [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(4)]
-    net64 = copy.deepcopy(exports[name]).double().eval()
+    net64 = copy.deepcopy(exports.net(name)).double().eval()
     with torch.no_grad():
         refs = [net64(torch.from_numpy(x).double()).numpy() for x in inputs]
     mine, theirs = _rms_error(result.model, inputs, refs), _rms_error(deploy, inputs, refs)

@@ -52,10 +52,10 @@ def _assert_parity(path: Path, net: nn.Module, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["train", "deploy"])
 @pytest.mark.parametrize(("name", "form"), CASES)
-def test_export_form(name: str, form: str, deploy: bool, tmp_path: Path) -> None:
+def test_export_form(name: str, form: str, deploy: bool, exports) -> None:
     spec = NETWORKS[name]
-    net = spec.factory()
-    path = export(net, spec.input_shape, tmp_path / f"{name}.onnx", form, deploy=deploy)
+    net = exports.net(name)
+    path = exports(name, form, deploy)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [

@@ -1,0 +1,39 @@
+"""Shared fixtures: each models/ network is built once and each export written once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from models.export import export
+from models.nets import NETWORKS
+
+
+class Exports:
+    """``exports(name, form, deploy)`` → the path of that export, made on first use."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._nets: dict[str, nn.Module] = {}
+        self._paths: dict[tuple[str, str, bool], Path] = {}
+
+    def net(self, name: str) -> nn.Module:
+        if name not in self._nets:
+            self._nets[name] = NETWORKS[name].factory()
+        return self._nets[name]
+
+    def __call__(self, name: str, form: str, deploy: bool = False) -> Path:
+        key = (name, form, deploy)
+        if key not in self._paths:
+            path = self.folder / f"{name}{'.deploy' if deploy else ''}.{form}.onnx"
+            self._paths[key] = export(self.net(name), NETWORKS[name].input_shape, path, form,
+                                      deploy=deploy)
+        return self._paths[key]
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    return Exports(tmp_path_factory.mktemp("exports"))
