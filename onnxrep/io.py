@@ -1,31 +1,44 @@
 """Loading and saving models: clear one-line errors for bad files, atomic writes, external data.
 
 ``load`` accepts what onnx.checker accepts (IR 3 .. current, default-domain opset 7 .. current,
-custom domains that the model imports); a model over the 2 GB protobuf limit keeps its weights
-in an external data file and is checked by path. ``save`` writes to a temporary file beside the
-target and renames it, so an interrupted run never leaves half a model; weights go to an
-external data file ``<name>.data`` when the model would exceed the protobuf limit or when asked.
+custom domains that the model imports, in subgraphs too); every failure — a missing path, a
+directory, an empty, truncated, text or random file, external data that is missing, short or
+outside the model's folder, a model the checker rejects — is an :class:`OnnxrepError` whose
+one-line message names the file. A model over the 2 GB protobuf limit keeps its weights in an
+external data file and is checked by path.
+
+``save`` writes to temporary files beside the target and renames them into place, so a failed
+or interrupted run never leaves half a model, never leaves a temporary file behind, and leaves
+an existing output as it was. Weights go to an external data file ``<name>.data`` when the model
+would exceed the protobuf limit or when asked; if the model's own rename fails after the data
+file was replaced, the previous data file is put back. New files get the permissions a plain
+``open()`` would give them (``0o666`` minus the umask); a replaced file keeps its mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import EncodeError, Message
 from onnx import external_data_helper
 
 from onnxrep.errors import OnnxrepError
 
-__all__ = ["MIN_OPSET", "copy_field", "load", "save", "validate"]
+__all__ = ["MIN_OPSET", "copy_field", "fits", "load", "save", "validate"]
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = 1024
 """Tensors of at least this many bytes go to the external data file when one is written."""
+EXTERNAL_MARGIN = 64 * 2**20
+"""Headroom under the protobuf limit kept for the graph itself when deciding by size."""
 
 
 def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
@@ -36,30 +49,68 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
     if p.is_dir():
         raise OnnxrepError(f"{p}: is a directory, not an ONNX model")
     try:
-        size = p.stat().st_size
-        if size == 0:
-            raise OnnxrepError(f"{p}: file is empty")
-        model = onnx.load_model(str(p), load_external_data=False)
-    except OnnxrepError:
-        raise
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise OnnxrepError(f"{p}: not an ONNX model (cannot parse: {_first_line(e)})") from None
+        info = p.stat()
     except OSError as e:
         raise OnnxrepError(f"{p}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise OnnxrepError(f"{p}: is not a regular file")
+    if info.st_size == 0:
+        raise OnnxrepError(f"{p}: file is empty")
+    model = _parse(p, info.st_size)
     validate(model, str(p))
     try:
         external_data_helper.load_external_data_for_model(model, str(p.parent))
-    except (OSError, ValueError) as e:
-        raise OnnxrepError(f"{p}: cannot read its external data ({_first_line(e)})") from None
+    except OSError as e:
+        raise OnnxrepError(
+            f"{p}: cannot read its external data ({e.strerror or _one_line(e)})"
+        ) from None
+    except Exception as e:  # onnx raises ValidationError for locations outside the folder
+        raise OnnxrepError(f"{p}: cannot read its external data ({_one_line(e)})") from None
     if check:
         try:
-            if model.ByteSize() < PROTOBUF_LIMIT:
+            if fits(model):
                 onnx.checker.check_model(model)
             else:
                 onnx.checker.check_model(str(p))
         except Exception as e:
-            raise OnnxrepError(f"{p}: fails onnx.checker: {_first_line(e)}") from None
+            raise OnnxrepError(f"{p}: fails onnx.checker: {_one_line(e)}") from None
     return model
+
+
+def _parse(p: Path, size: int) -> onnx.ModelProto:
+    """The ModelProto in ``p`` without its external data, or a one-line reason it is not one."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # onnx warns about its experimental text formats
+            return onnx.load_model(str(p), load_external_data=False)
+    except OSError as e:
+        raise OnnxrepError(f"{p}: cannot read ({e.strerror or _one_line(e)})") from None
+    except Exception as e:  # protobuf DecodeError, text/JSON ParseError, ValueError, ...
+        if size > PROTOBUF_LIMIT:
+            raise OnnxrepError(
+                f"{p}: cannot parse a {size / 2**30:.1f} GB protobuf file; models over 2 GB "
+                "must keep their weights in external data"
+            ) from None
+        if _looks_like_text(p):
+            raise OnnxrepError(f"{p}: is a text file, not an ONNX model") from None
+        raise OnnxrepError(f"{p}: not an ONNX model (cannot parse: {_one_line(e)})") from None
+
+
+def _looks_like_text(p: Path) -> bool:
+    """The start of the file decodes as UTF-8 without control bytes other than whitespace."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        try:  # a multi-byte character cut at the end of the window
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return bool(text) and all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
 
 
 def validate(model: onnx.ModelProto, where: str = "model") -> None:
@@ -82,10 +133,21 @@ def validate(model: onnx.ModelProto, where: str = "model") -> None:
         raise OnnxrepError(
             f"{where}: opset {default} is outside the supported range {MIN_OPSET}..{newest}"
         )
-    used = {n.domain or "ai.onnx" for n in model.graph.node}
+    used = {n.domain or "ai.onnx" for n in _nodes(model.graph)}
     missing = sorted(used - set(opsets))
     if missing:
         raise OnnxrepError(f"{where}: nodes use domain(s) {missing} that the model does not import")
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of ``graph`` and of every subgraph (If/Loop/Scan bodies), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _nodes(sub)
 
 
 def save(
@@ -98,38 +160,106 @@ def save(
     if not p.parent.exists():
         raise OnnxrepError(f"{p.parent}: no such directory")
     if external is None:
-        external = _payload(model) >= PROTOBUF_LIMIT - 64 * 2**20
+        external = not fits(model, margin=EXTERNAL_MARGIN)
     data_name = p.name + ".data"
+    data_path = p.parent / data_name
     temps: list[str] = []
+    backup: str | None = None
     try:
         if external:
-            shell, data_temp = _externalize(model, p.parent, data_name)
+            shell, data_temp = _externalize(model, p.parent, data_name, _mode_for(data_path))
             temps.append(data_temp)
             blob = shell.SerializeToString()
         else:
             blob = model.SerializeToString()
-        model_temp = _write_temp(p.parent, p.name, [blob])
+        model_temp = _write_temp(p.parent, p.name, [blob], _mode_for(p))
         temps.append(model_temp)
         if external:
-            os.replace(data_temp, p.parent / data_name)
-        os.replace(model_temp, p)
+            backup = _hard_link_backup(data_path)
+            os.replace(data_temp, data_path)
+            try:
+                os.replace(model_temp, p)
+            except BaseException:  # the old model (if any) must keep reading its old data
+                if backup is not None:
+                    os.replace(backup, data_path)
+                    backup = None
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(data_path)
+                raise
+        else:
+            os.replace(model_temp, p)
         temps.clear()
+        _sync_folder(p.parent)
     except OSError as e:
-        raise OnnxrepError(f"{p}: cannot write ({e.strerror or e})") from None
+        raise OnnxrepError(f"{p}: cannot write ({e.strerror or _one_line(e)})") from None
+    except (ValueError, RuntimeError, EncodeError) as e:  # protobuf: too large to encode
+        raise OnnxrepError(f"{p}: cannot write ({_one_line(e)})") from None
     finally:
-        for t in temps:
+        for t in (*temps, *([backup] if backup else [])):
             with contextlib.suppress(OSError):
                 os.unlink(t)
 
 
+def fits(model: onnx.ModelProto, margin: int = 0) -> bool:
+    """The model serializes into one protobuf (under the 2 GB limit, less ``margin``).
+
+    Safe on models of any size: protobuf's own ``ByteSize()`` raises EncodeError past 2 GB,
+    so large raw tensors are counted by length and the rest is sized only when small.
+    """
+    return _payload(model) < PROTOBUF_LIMIT - margin
+
+
 def _payload(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer) + 2**20
+    """The serialized size, exact below 1 GB of weights, an upper bound above."""
+    weights = sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+                  for t in model.graph.initializer)
+    if weights < 2**30:
+        return model.ByteSize()
+    rest = sum(n.ByteSize() for n in model.graph.node)
+    return weights + 64 * len(model.graph.initializer) + rest + 2**20
 
 
-def _write_temp(folder: Path, name: str, chunks: list[bytes]) -> str:
+def _mode_for(target: Path) -> int:
+    """The permissions ``target`` has, or a new file made by ``open()`` would get."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _hard_link_backup(target: Path) -> str | None:
+    """A second name for an existing ``target`` so it can be restored (None if none exists)."""
+    if not target.is_file():
+        return None
+    fd, backup = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+    os.close(fd)
+    os.unlink(backup)
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None  # no hard links on this filesystem: no restore either
+    return backup
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the renames durable (best effort; not every platform can open a directory)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_temp(folder: Path, name: str, chunks: list[bytes], mode: int) -> str:
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError, AttributeError):
+                os.fchmod(f.fileno(), mode)
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
@@ -142,7 +272,7 @@ def _write_temp(folder: Path, name: str, chunks: list[bytes]) -> str:
 
 
 def _externalize(
-    model: onnx.ModelProto, folder: Path, data_name: str
+    model: onnx.ModelProto, folder: Path, data_name: str, mode: int
 ) -> tuple[onnx.ModelProto, str]:
     """A copy of ``model`` whose large initializers point into a new data file (returned as a
     temporary path, renamed to ``data_name`` by the caller). ``model`` is not modified."""
@@ -158,19 +288,25 @@ def _externalize(
     offset = 0
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError, AttributeError):
+                os.fchmod(f.fileno(), mode)
             for t in model.graph.initializer:
                 if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_THRESHOLD:
                     stub = graph.initializer.add()
                     stub.name, stub.data_type = t.name, t.data_type
                     stub.dims.extend(t.dims)
+                    if t.doc_string:
+                        stub.doc_string = t.doc_string
                     pad = (-offset) % 4096  # page-aligned, as onnx's own writer does
                     f.write(b"\0" * pad)
                     offset += pad
                     f.write(t.raw_data)
-                    external_data_helper.set_external_data(
-                        stub, data_name, offset=offset, length=len(t.raw_data)
-                    )
+                    # by hand: onnx's set_external_data wants the bytes in the stub too
                     stub.data_location = onnx.TensorProto.EXTERNAL
+                    for key, value in (("location", data_name), ("offset", offset),
+                                       ("length", len(t.raw_data))):
+                        entry = stub.external_data.add()
+                        entry.key, entry.value = key, str(value)
                     offset += len(t.raw_data)
                 else:
                     graph.initializer.append(t)
@@ -194,6 +330,7 @@ def copy_field(dst: Message, name: str, value: object) -> None:
         setattr(dst, name, value)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
+def _one_line(e: BaseException) -> str:
+    """The exception's message on one line (whitespace runs collapsed), at most 300 chars."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,497 @@
+"""Bad input through the command line, and atomic writes: what is printed, what is left behind.
+
+Every bad model gets one line on stderr naming the problem and the file, exit code 2, no
+traceback, and nothing in the output folder (no output, no temporary file). A failure while
+saving leaves no partial file, no temporary file, and an existing output as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnxrep import io
+from onnxrep.cli import main
+from onnxrep.errors import OnnxrepError
+from tests.builders import GraphBuilder
+
+
+def small_model() -> onnx.ModelProto:
+    g = GraphBuilder()
+    x = g.input([1, 4, 6, 6], name="x")
+    return g.model([g.node("Relu", [g.bn(g.conv(x, 4, 4, 3), 4)])])
+
+
+def big_weight_model() -> onnx.ModelProto:
+    """A model with weights above io.EXTERNAL_THRESHOLD, so external saves move them."""
+    g = GraphBuilder()
+    x = g.input([1, 16, 6, 6], name="x")
+    return g.model([g.bn(g.conv(x, 16, 16, 3), 16)])
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _checker_fails(m: onnx.ModelProto) -> None:
+    m.graph.node[0].input[0] = "undefined_tensor"
+
+
+def _opset(version: int) -> Callable[[onnx.ModelProto], None]:
+    def edit(m: onnx.ModelProto) -> None:
+        m.opset_import[0].version = version
+
+    return edit
+
+
+def _ir(version: int) -> Callable[[onnx.ModelProto], None]:
+    def edit(m: onnx.ModelProto) -> None:
+        m.ir_version = version
+
+    return edit
+
+
+def _foreign_domain(m: onnx.ModelProto) -> None:
+    m.graph.node[0].domain = "com.example"
+
+
+def _foreign_domain_in_subgraph(m: onnx.ModelProto) -> None:
+    out = helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [1])
+    body = helper.make_graph([helper.make_node("Foo", [], ["t"], domain="com.example")], "b", [],
+                             [out])
+    other = helper.make_graph([helper.make_node("Foo", [], ["t"], domain="com.example")], "c", [],
+                              [out])
+    m.graph.input.append(helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []))
+    m.graph.node.append(helper.make_node("If", ["cond"], ["branch"], then_branch=body,
+                                         else_branch=other))
+    m.graph.output.append(helper.make_tensor_value_info("branch", onnx.TensorProto.FLOAT, [1]))
+
+
+def _short_weight(m: onnx.ModelProto) -> None:
+    t = m.graph.initializer[0]
+    t.raw_data = t.raw_data[:10]
+
+
+def _no_graph(m: onnx.ModelProto) -> None:
+    m.ClearField("graph")
+
+
+MODEL_EDITS: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
+    # case → (edit of a valid model, text the error must contain)
+    "fails-checker": (_checker_fails, "fails onnx.checker: Nodes in a graph must be"),
+    "opset-too-new": (_opset(onnx.defs.onnx_opset_version() + 1), "outside the supported range"),
+    "opset-too-old": (_opset(io.MIN_OPSET - 1), "outside the supported range"),
+    "ir-too-new": (_ir(onnx.IR_VERSION + 1), "is newer than this onnx supports"),
+    "ir-too-old": (_ir(2), "is too old"),
+    "foreign-domain": (_foreign_domain, "domain(s) ['com.example'] that the model does not"),
+    "foreign-domain-in-subgraph": (_foreign_domain_in_subgraph, "domain(s) ['com.example']"),
+    "short-weight": (_short_weight, "raw_data size (10 bytes) is too small"),
+    "no-graph": (_no_graph, "not an ONNX model"),
+}
+
+
+def _bad_bytes(kind: str) -> bytes:
+    blob = small_model().SerializeToString()
+    return {
+        "empty": b"",
+        "random": np.random.default_rng(0).bytes(4096),
+        "truncated": blob[: len(blob) // 2],
+        "text": b"this is a text file, not a model\n",
+        "tensor-proto": onnx.numpy_helper.from_array(np.ones(9, np.float32)).SerializeToString(),
+    }[kind]
+
+
+BYTE_CASES = {
+    "empty": "file is empty",
+    "random": "not an ONNX model (cannot parse",
+    "truncated": "not an ONNX model (cannot parse",
+    "text": "is a text file, not an ONNX model",
+    "tensor-proto": "not an ONNX model",
+}
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.onnx"
+    onnx.save(small_model(), path)
+    return path
+
+
+def _make_bad(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """The bad input of ``case`` and the text its error must contain."""
+    if case == "missing":
+        return tmp_path / "missing.onnx", "no such file"
+    if case == "directory":
+        d = tmp_path / "folder.onnx"
+        d.mkdir()
+        return d, "is a directory"
+    path = tmp_path / f"{case}.onnx"
+    if case in BYTE_CASES:
+        path.write_bytes(_bad_bytes(case))
+        return path, BYTE_CASES[case]
+    edit, text = MODEL_EDITS[case]
+    model = small_model()
+    edit(model)
+    path.write_bytes(model.SerializeToString())
+    return path, text
+
+
+CASES = ["missing", "directory", *BYTE_CASES, *MODEL_EDITS]
+
+
+def _assert_one_line_error(err: str, path: Path, text: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("onnxrep: error: "), err
+    assert str(path) in lines[0], err
+    assert text in lines[0], err
+    assert "Traceback" not in err
+
+
+def _folder_is_empty(folder: Path) -> None:
+    assert sorted(p.name for p in folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_optimize_refuses_bad_input(case: str, tmp_path: Path, capsys) -> None:
+    bad, text = _make_bad(tmp_path, case)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "result.onnx"
+    assert main(["optimize", str(bad), "-o", str(out), "--verify"]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, bad, text)
+    assert captured.out == ""
+    _folder_is_empty(out_dir)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compare_bench_and_check_refuse_bad_input(case: str, good: Path, tmp_path: Path,
+                                            capsys) -> None:
+    bad, text = _make_bad(tmp_path, case)
+    # compare and bench leave the checker to onnxruntime, which says it in its own words
+    ort_text = {
+        "fails-checker": "Node input 'undefined_tensor' is not a graph input",
+        "short-weight": "raw_data size (10 bytes)",
+    }.get(case, text)
+    for argv in (
+        ["compare", str(good), str(bad)],
+        ["compare", str(bad), str(good)],
+        ["bench", str(bad), "--runs", "1", "--warmup", "0"],
+        ["bench", str(good), str(bad), "--runs", "1", "--warmup", "0"],
+        ["check", str(bad), "--runs", "1", "--warmup", "0"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        _assert_one_line_error(err, bad, text if text in err else ort_text)
+
+
+def test_external_data_problems_name_the_model(tmp_path: Path, capsys) -> None:
+    model = big_weight_model()
+    cases = {}
+    missing = tmp_path / "missing_data.onnx"
+    io.save(model, missing, external=True)
+    os.unlink(tmp_path / "missing_data.onnx.data")
+    cases[missing] = "cannot read its external data"
+    short = tmp_path / "short_data.onnx"
+    io.save(model, short, external=True)
+    with open(tmp_path / "short_data.onnx.data", "r+b") as f:
+        f.truncate(100)
+    cases[short] = "cannot read its external data"
+    for location in ("../outside.data", "/etc/hostname"):
+        m = _copy(model)
+        t = max(m.graph.initializer, key=lambda t: len(t.raw_data))
+        onnx.external_data_helper.set_external_data(t, location, offset=0, length=64)
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        path = tmp_path / f"escape{len(cases)}.onnx"
+        onnx.save(m, path)
+        cases[path] = "cannot read its external data"
+    out = tmp_path / "out" / "o.onnx"
+    out.parent.mkdir()
+    for path, text in cases.items():
+        assert main(["optimize", str(path), "-o", str(out)]) == 2
+        _assert_one_line_error(capsys.readouterr().err, path, text)
+    _folder_is_empty(out.parent)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".textproto", ".onnxtxt", ".txt"])
+def test_text_files_with_a_text_format_suffix(suffix: str, tmp_path: Path, capsys) -> None:
+    """onnx picks a text parser by suffix; its ParseError and warnings must not leak."""
+    path = tmp_path / f"model{suffix}"
+    path.write_text("hello world\n")
+    assert main(["optimize", str(path), "-o", str(tmp_path / "o.onnx")]) == 2
+    _assert_one_line_error(capsys.readouterr().err, path, "is a text file")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_not_a_regular_file(tmp_path: Path, capsys) -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    assert main(["optimize", "/dev/zero", "-o", str(tmp_path / "o.onnx")]) == 2
+    _assert_one_line_error(capsys.readouterr().err, Path("/dev/zero"), "not a regular file")
+
+
+def test_every_prefix_of_a_model_is_refused_cleanly(tmp_path: Path) -> None:
+    """Truncation at any byte: an OnnxrepError (or, at a field boundary, a valid model)."""
+    blob = small_model().SerializeToString()
+    path = tmp_path / "t.onnx"
+    outcomes = set()
+    for n in range(1, len(blob), 7):
+        path.write_bytes(blob[:n])
+        try:
+            io.load(path)
+            outcomes.add("loaded")
+        except OnnxrepError as e:
+            assert str(path) in str(e) and "\n" not in str(e)
+            outcomes.add("refused")
+    assert "refused" in outcomes
+
+
+def test_no_traceback_from_a_real_process(tmp_path: Path) -> None:
+    bad = tmp_path / "random.onnx"
+    bad.write_bytes(_bad_bytes("random"))
+    out = tmp_path / "o.onnx"
+    run = subprocess.run(
+        [sys.executable, "-m", "onnxrep", "optimize", str(bad), "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 2
+    _assert_one_line_error(run.stderr, bad, "not an ONNX model")
+    assert run.stdout == "" and not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# output paths
+
+
+def test_output_equal_to_input_in_any_spelling_needs_in_place(good: Path, tmp_path: Path,
+                                                              capsys, monkeypatch) -> None:
+    before = good.read_bytes()
+    link = tmp_path / "link.onnx"
+    link.symlink_to(good)
+    hard = tmp_path / "hard.onnx"
+    os.link(good, hard)
+    monkeypatch.chdir(tmp_path)
+    for src, dst in ((good, "good.onnx"), ("./good.onnx", str(good)), (link, good),
+                     (good, link), (hard, good)):
+        assert main(["optimize", str(src), "-o", str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert "--in-place" in err and len(err.strip().splitlines()) == 1
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "hard.onnx", "link.onnx"]
+
+
+def test_output_into_a_directory_or_missing_folder(good: Path, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["optimize", str(good), "-o", str(folder)]) == 2
+    _assert_one_line_error(capsys.readouterr().err, folder, "is a directory")
+    _folder_is_empty(folder)
+    target = tmp_path / "nowhere" / "o.onnx"
+    assert main(["optimize", str(good), "-o", str(target)]) == 2
+    _assert_one_line_error(capsys.readouterr().err, target.parent, "no such directory")
+    assert not target.parent.exists()
+
+
+def test_failed_report_leaves_no_output(good: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.onnx"
+    code = main(["optimize", str(good), "-o", str(out), "--report",
+                 str(tmp_path / "nowhere" / "r.json")])
+    assert code == 2
+    assert not out.exists()
+
+
+def test_bad_inputs_file_names_the_file(good: Path, tmp_path: Path, capsys) -> None:
+    npz = tmp_path / "inputs.npz"
+    npz.write_bytes(b"PK\x03\x04 not a zip archive")
+    assert main(["compare", str(good), str(good), "--inputs", str(npz)]) == 2
+    _assert_one_line_error(capsys.readouterr().err, npz, "cannot read inputs")
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _leftovers(folder: Path, *keep: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+class _Failing:
+    """A ModelProto stand-in whose serializer fails, as protobuf does past 2 GB."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def SerializeToString(self) -> bytes:
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+
+
+def _existing_output(tmp_path: Path) -> tuple[Path, bytes]:
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous contents")
+    return out, out.read_bytes()
+
+
+def test_failing_serializer_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    out, before = _existing_output(tmp_path)
+    with pytest.raises(OnnxrepError, match=r"out.onnx: cannot write .*2GB"):
+        io.save(_Failing(big_weight_model()), out, external=False)  # type: ignore[arg-type]
+    assert out.read_bytes() == before
+    assert _leftovers(tmp_path, "out.onnx") == []
+    real = io._externalize
+
+    def failing_shell(*args, **kwargs):  # the data file is written; the model then fails
+        shell, data_temp = real(*args, **kwargs)
+        assert Path(data_temp).exists()
+        return _Failing(shell), data_temp
+
+    monkeypatch.setattr(io, "_externalize", failing_shell)
+    with pytest.raises(OnnxrepError, match=r"out.onnx: cannot write .*2GB"):
+        io.save(big_weight_model(), out, external=True)
+    assert out.read_bytes() == before
+    assert _leftovers(tmp_path, "out.onnx") == []
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_failing_rename_leaves_the_old_output(tmp_path: Path, monkeypatch, external) -> None:
+    out, before = _existing_output(tmp_path)
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", refuse)
+    with pytest.raises(OnnxrepError, match=r"out.onnx: cannot write \(No space left on device\)"):
+        io.save(big_weight_model(), out, external=external)
+    monkeypatch.undo()
+    assert out.read_bytes() == before
+    assert _leftovers(tmp_path, "out.onnx") == []
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failure_while_writing_leaves_no_temp(tmp_path: Path, monkeypatch, error) -> None:
+    out, before = _existing_output(tmp_path)
+
+    def fail(fd: int) -> None:
+        raise error
+
+    monkeypatch.setattr(io.os, "fsync", fail)
+    with pytest.raises(OnnxrepError if isinstance(error, OSError) else KeyboardInterrupt):
+        io.save(big_weight_model(), out, external=True)
+    monkeypatch.undo()
+    assert out.read_bytes() == before
+    assert _leftovers(tmp_path, "out.onnx") == []
+
+
+def test_failed_model_rename_restores_the_previous_data_file(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """External data and model are two renames: if the second fails, the first is undone."""
+    out = tmp_path / "out.onnx"
+    old = big_weight_model()
+    io.save(old, out, external=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["out.onnx", "out.onnx.data"]
+    real = os.replace
+
+    def fail_on_model(src, dst):
+        if Path(dst).name == "out.onnx":
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    new = GraphBuilder(seed=1)
+    x = new.input([1, 16, 6, 6], name="x")
+    monkeypatch.setattr(io.os, "replace", fail_on_model)
+    with pytest.raises(OnnxrepError, match="Input/output error"):
+        io.save(new.model([new.conv(x, 16, 16, 3)]), out, external=True)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert _same_weights(io.load(out), old)
+    # and with no previous output, nothing at all is left
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.setattr(io.os, "replace", fail_on_model)
+    with pytest.raises(OnnxrepError):
+        io.save(old, fresh / "out.onnx", external=True)
+    monkeypatch.undo()
+    assert _leftovers(fresh) == []
+
+
+def _same_weights(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    arrays = [{t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer} for m in (a, b)]
+    return arrays[0].keys() == arrays[1].keys() and all(
+        np.array_equal(arrays[0][k], arrays[1][k]) for k in arrays[0]
+    )
+
+
+def test_external_round_trip(tmp_path: Path) -> None:
+    model = big_weight_model()
+    out = tmp_path / "m.onnx"
+    io.save(model, out, external=True)
+    assert _leftovers(tmp_path) == ["m.onnx", "m.onnx.data"]
+    shell = onnx.load(out, load_external_data=False)
+    moved = [t for t in shell.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert moved and all(len(t.raw_data) == 0 for t in moved)
+    for t in moved:
+        info = {e.key: e.value for e in t.external_data}
+        assert info["location"] == "m.onnx.data" and int(info["offset"]) % 4096 == 0
+    onnx.checker.check_model(str(out))
+    again = io.load(out)
+    assert _same_weights(again, model)
+    assert [n.name for n in again.graph.node] == [n.name for n in model.graph.node]
+    assert again.graph.input == model.graph.input and again.graph.output == model.graph.output
+
+
+def test_new_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; the renamed result must look like any other written file."""
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "new.onnx"
+        io.save(big_weight_model(), out, external=True)
+        for p in (out, tmp_path / "new.onnx.data"):
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644
+        existing = tmp_path / "existing.onnx"
+        existing.write_bytes(b"")
+        existing.chmod(0o640)
+        io.save(small_model(), existing)
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)
+
+
+def test_save_decides_external_by_size(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "m.onnx"
+    io.save(big_weight_model(), out)
+    assert _leftovers(tmp_path) == ["m.onnx"]
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", io.EXTERNAL_MARGIN + 1000)  # a tiny "2 GB"
+    io.save(big_weight_model(), out)
+    assert _leftovers(tmp_path) == ["m.onnx", "m.onnx.data"]
+    assert _same_weights(io.load(out, check=False), big_weight_model())
+
+
+def test_cli_failure_during_save_keeps_the_existing_output(good: Path, tmp_path: Path,
+                                                          monkeypatch, capsys) -> None:
+    out, before = _existing_output(tmp_path)
+
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(io.os, "replace", refuse)
+    assert main(["optimize", str(good), "-o", str(out)]) == 2
+    monkeypatch.undo()
+    _assert_one_line_error(capsys.readouterr().err, out, "cannot write (Permission denied)")
+    assert out.read_bytes() == before
+    assert _leftovers(tmp_path, "out.onnx", "good.onnx") == []
