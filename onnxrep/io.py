@@ -207,11 +207,12 @@ def fits(model: onnx.ModelProto, margin: int = 0) -> bool:
     Safe on models of any size: protobuf's own ``ByteSize()`` raises EncodeError past 2 GB,
     so large raw tensors are counted by length and the rest is sized only when small.
     """
-    return _payload(model) < PROTOBUF_LIMIT - margin
+    return serialized_size(model) < PROTOBUF_LIMIT - margin
 
 
-def _payload(model: onnx.ModelProto) -> int:
-    """The serialized size, exact below 1 GB of weights, an upper bound above."""
+def serialized_size(model: onnx.ModelProto) -> int:
+    """The serialized size in bytes, weights included: exact below 1 GB of weights, a tight
+    upper bound above (where protobuf's ``ByteSize()`` cannot be called)."""
     weights = sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
                   for t in model.graph.initializer)
     if weights < 2**30:

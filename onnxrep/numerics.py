@@ -462,17 +462,18 @@ def pad(
     """``m(x)`` padded on the spatial axes by ``pads`` with (per-channel) ``value``.
 
     Exact when ``m`` is pointwise and its bias equals ``value`` (its border then *is* its bias);
-    the pads join the map's own. ``tolerance`` (relative, at least absolute 1x) admits a value
-    that an exporter computed from the same parameters in a narrower float type; the merged
-    map then uses the bias, which is the float64 value of the same expression.
+    the pads join the map's own. ``tolerance`` (relative to the larger magnitude) admits a
+    value that an exporter computed from the same parameters in a narrower float type; the
+    merged map then uses the bias, which is the float64 value of the same expression. A zero
+    on either side must be matched exactly: no rounding turns a non-zero value into 0.
     """
     if not m.pointwise or (isinstance(m, ConvMap) and m.auto_pad != "NOTSET"):
         raise Inexact("padding after a convolution with a kernel larger than 1x1 or a stride")
     bias = m.bias if isinstance(m, ConvMap) else m.shift
     value = np.asarray(value, dtype=np.float64).reshape(-1)
     shape = np.broadcast_shapes(bias.shape, value.shape)
-    gap = np.abs(np.broadcast_to(bias, shape) - np.broadcast_to(value, shape))
-    if np.any(gap > tolerance * np.maximum(1.0, np.abs(np.broadcast_to(value, shape)))):
+    b, v = np.broadcast_to(bias, shape), np.broadcast_to(value, shape)
+    if np.any(np.abs(b - v) > tolerance * np.maximum(np.abs(b), np.abs(v))):
         raise Inexact("pad value differs from the padded tensor's value at zero input")
     new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
     return replace(m, pads=new_pads)

@@ -11,6 +11,8 @@ from typing import Any
 
 import onnx
 
+from onnxrep.io import serialized_size
+
 __all__ = ["Fold", "ModelStats", "OptimizeResult", "Skip"]
 
 
@@ -60,7 +62,7 @@ class ModelStats:
 
 
 def _serialized_size(model: onnx.ModelProto) -> int:
-    size = model.ByteSize()
+    size = serialized_size(model)
     for t in model.graph.initializer:  # external data lives beside the model
         for entry in t.external_data:
             if entry.key == "length":

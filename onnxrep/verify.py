@@ -175,7 +175,7 @@ def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSes
     options.log_severity_level = 3
     try:
         if isinstance(model, onnx.ModelProto):
-            if model.ByteSize() < io.PROTOBUF_LIMIT:
+            if io.fits(model):
                 return ort.InferenceSession(
                     model.SerializeToString(), options, providers=["CPUExecutionProvider"]
                 )

@@ -69,16 +69,14 @@ FEATURES = (
 )
 """What a case can use; ``fuzz_cases(exclude=...)`` switches any of them off."""
 
-KNOWN_BUGS = frozenset({"small-pad-value"})
+KNOWN_BUGS: frozenset[str] = frozenset()
 """Constructs to leave out while a bug they trigger is open (each has a regression test in
-tests/test_fuzz.py):
-
-- ``small-pad-value``: a constant Pad whose value is small but not zero (|v| < 0.1) before a
-  Conv; the border-fill rule accepts it as the map's bias within 64 ulps of the dtype at
-  magnitude 1 (0.0625 in float16), so the fold treats it as zero padding.
+tests/test_fuzz.py). None is open.
 
 Fixed (no longer excluded): ``dynamic-same-stride`` — a Conv with ``auto_pad=SAME_*`` and a
-stride > 1 on an input of unknown size, after a map with a non-zero bias."""
+stride > 1 on an input of unknown size, after a map with a non-zero bias; ``small-pad-value``
+— a constant Pad whose value is small but not zero before a Conv, once accepted as the map's
+zero bias within a tolerance absolute at magnitude 1."""
 
 
 SINGLE_OPS = ("conv", "bn", "affine", "block", "relu", "pad", "avgpool", "binary", "sum",

@@ -106,10 +106,6 @@ def test_a_float16_fold_that_overflows_is_refused() -> None:
     assert op_counts(result.model) in ({"Conv": 1, "Mul": 1}, {"Conv": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="border.py accepts a pad value within 64 ulps at "
-                   "magnitude 1 of the map's bias (tolerance * max(1, |value|) in numerics.pad): "
-                   "0.03 in float16 (and 5e-6 in float32) passes as 0, and a lone Pad is a "
-                   "'routing', so Pad(value=0.03) before a Conv folds as a zero pad")
 @pytest.mark.parametrize(("dtype", "value"), [(np.float16, 0.03), (np.float32, 5e-6)])
 def test_a_small_nonzero_pad_value_is_not_a_zero_pad(dtype: type, value: float) -> None:
     """Conv1x1 (no bias: its border is 0) → Pad(value=v) → Conv3x3: v != 0, so no fold."""
