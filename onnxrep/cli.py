@@ -205,7 +205,11 @@ def _optimize(args: argparse.Namespace) -> int:
     model = ui.load(src)
     deploy = ui.load(args.deploy_form) if args.deploy_form else None
     with ui.step("optimizing"):
-        result = optimize(model, skip=args.skip)
+        # without parity or timing the input is not needed again: let it become the output
+        alone = not (args.verify or args.bench)
+        result = optimize(model, skip=args.skip, in_place=alone)
+        if alone:
+            del model
     report = Report(str(src), str(dst), result)
     if deploy is not None:
         report.deploy_form, report.deploy_stats = args.deploy_form, ModelStats.of(deploy)

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from onnxrep.io import light_copy
 
 __all__ = [
     "Names",
@@ -22,6 +25,7 @@ __all__ = [
     "attributes",
     "canonicalize",
     "constant",
+    "is_constant",
     "is_default_domain",
     "producer",
     "release_overridable",
@@ -30,8 +34,6 @@ __all__ = [
     "subgraph_references",
 ]
 
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-               onnx.TensorProto.BFLOAT16)
 
 
 class Unsupported(ValueError):
@@ -42,11 +44,21 @@ def is_default_domain(node: gs.Node) -> bool:
     return node.domain in ("", "ai.onnx", None)
 
 
+def is_constant(tensor: gs.Tensor | None) -> bool:
+    """An initializer (checked without reading its values)."""
+    return isinstance(tensor, gs.Constant)
+
+
 def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The values of a constant tensor (an initializer), else ``None``."""
-    if isinstance(tensor, gs.Constant):
-        return tensor.values
-    return None
+    """The values of a constant tensor (an initializer), else ``None``.
+
+    Read from the model each time: gs's ``Constant.values`` would keep a decoded copy of every
+    weight that was ever looked at, and export it re-encoded instead of the original tensor.
+    """
+    if not isinstance(tensor, gs.Constant):
+        return None
+    raw = tensor._values  # gs has no public read that leaves a lazily loaded tensor lazy
+    return raw.load() if isinstance(raw, LazyValues) else raw
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -145,7 +157,7 @@ class ShapeInfo:
     @classmethod
     def infer(cls, model: onnx.ModelProto) -> ShapeInfo:
         """Run ONNX shape inference on a copy of the model without its large weights."""
-        skeleton = _skeleton(model)
+        skeleton = light_copy(model)
         try:
             inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
         except Exception:  # inference is advisory: without it only fewer folds are proven
@@ -178,33 +190,6 @@ class ShapeInfo:
         if shape is None or axis >= len(shape):
             return None
         return shape[axis]
-
-
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with large float initializers replaced by data-free stand-ins of equal shape.
-
-    Shape inference reads the values of small integer tensors (Reshape targets, Pad amounts) but
-    only the shapes of weights, so this keeps inference cheap for large models.
-    """
-    skeleton = onnx.ModelProto()
-    for name in ("ir_version", "producer_name", "domain", "model_version"):
-        setattr(skeleton, name, getattr(model, name))
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    g = skeleton.graph
-    src = model.graph
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    declared = {v.name for v in src.input}
-    for t in src.initializer:
-        if t.data_type in FLOAT_TYPES and np.prod(t.dims, dtype=np.int64) > 64:
-            if t.name not in declared:
-                g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
-        else:
-            g.initializer.append(t)
-    return skeleton
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,19 +22,34 @@ import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import EncodeError, Message
 from onnx import external_data_helper
 
 from onnxrep.errors import OnnxrepError
 
-__all__ = ["MIN_OPSET", "copy_field", "fits", "load", "save", "validate"]
+__all__ = [
+    "MIN_OPSET",
+    "copy_field",
+    "fits",
+    "light_copy",
+    "load",
+    "save",
+    "serialize_chunks",
+    "serialized_size",
+    "validate",
+]
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1
+CHECK_IN_FULL = 64 << 20
+"""Models up to this size are checked with their weights; larger ones as ``light_copy``."""
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+               onnx.TensorProto.BFLOAT16)
 EXTERNAL_THRESHOLD = 1024
 """Tensors of at least this many bytes go to the external data file when one is written."""
 EXTERNAL_MARGIN = 64 * 2**20
@@ -67,11 +82,9 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
     except Exception as e:  # onnx raises ValidationError for locations outside the folder
         raise OnnxrepError(f"{p}: cannot read its external data ({_one_line(e)})") from None
     if check:
-        try:
-            if fits(model):
-                onnx.checker.check_model(model)
-            else:
-                onnx.checker.check_model(str(p))
+        try:  # a large model is checked without its weight bytes (no serialized copy of them)
+            onnx.checker.check_model(model if serialized_size(model) < CHECK_IN_FULL
+                                     else light_copy(model))
         except Exception as e:
             raise OnnxrepError(f"{p}: fails onnx.checker: {_one_line(e)}") from None
     return model
@@ -169,10 +182,10 @@ def save(
         if external:
             shell, data_temp = _externalize(model, p.parent, data_name, _mode_for(data_path))
             temps.append(data_temp)
-            blob = shell.SerializeToString()
+            chunks = serialize_chunks(shell)
         else:
-            blob = model.SerializeToString()
-        model_temp = _write_temp(p.parent, p.name, [blob], _mode_for(p))
+            chunks = serialize_chunks(model)
+        model_temp = _write_temp(p.parent, p.name, chunks, _mode_for(p))
         temps.append(model_temp)
         if external:
             backup = _hard_link_backup(data_path)
@@ -201,6 +214,90 @@ def save(
                 os.unlink(t)
 
 
+def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
+    """``model.SerializeToString()``, the same bytes, one initializer at a time.
+
+    Protobuf writes a message's fields in field-number order, each sub-message as a tag, its
+    length and its bytes; so the model is written as its fields before ``graph``, the graph's
+    fields before ``initializer``, each initializer as a field of its own, and the rest. Only
+    one tensor is ever held twice, instead of the whole model.
+    """
+    layout = _Layout(model)
+    yield layout.head
+    if model.HasField("graph"):
+        yield _varint(_GRAPH << 3 | 2) + _varint(layout.graph_size)
+        yield layout.graph_head
+        for tensor, n in zip(model.graph.initializer, layout.sizes, strict=True):
+            yield _INIT_KEY + _varint(n) + tensor.SerializeToString()
+        yield layout.graph_tail
+    yield layout.tail
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """The exact serialized size in bytes, computed without encoding any weights (protobuf's
+    own ``ByteSize()`` encodes the whole message, and refuses past 2 GB)."""
+    layout = _Layout(model)
+    graph = len(_varint(_GRAPH << 3 | 2)) + len(_varint(layout.graph_size)) + layout.graph_size
+    return len(layout.head) + (graph if model.HasField("graph") else 0) + len(layout.tail)
+
+
+_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INIT = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_INIT_KEY = bytes([_INIT << 3 | 2])
+_RAW = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+class _Layout:
+    """A model's serialized bytes around its initializers, and each initializer's size."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.head, self.tail = _split(model, onnx.ModelProto(), _GRAPH)
+        self.graph_head, self.graph_tail = _split(model.graph, onnx.GraphProto(), _INIT)
+        self.sizes = [_tensor_size(t) for t in model.graph.initializer]
+        self.graph_size = len(self.graph_head) + len(self.graph_tail) + sum(
+            len(_INIT_KEY) + len(_varint(n)) + n for n in self.sizes
+        )
+
+
+def _tensor_size(t: onnx.TensorProto) -> int:
+    """Serialized size of ``t``; its raw bytes are counted from its shape, not copied."""
+    if not t.HasField("raw_data") or t.data_type not in _ITEMSIZE:
+        return t.ByteSize()
+    n = _ITEMSIZE[t.data_type] * int(np.prod(t.dims, dtype=np.int64))
+    stub = onnx.TensorProto()
+    for descriptor, value in t.ListFields():
+        if descriptor.number != _RAW:
+            copy_field(stub, descriptor.name, value)
+    return stub.ByteSize() + 1 + len(_varint(n)) + n
+
+
+_ITEMSIZE = {
+    getattr(onnx.TensorProto, name): size for name, size in (
+        ("FLOAT", 4), ("DOUBLE", 8), ("FLOAT16", 2), ("BFLOAT16", 2), ("INT8", 1), ("UINT8", 1),
+        ("INT16", 2), ("UINT16", 2), ("INT32", 4), ("UINT32", 4), ("INT64", 8), ("UINT64", 8),
+        ("BOOL", 1),
+    )
+}
+
+
+def _split(message: Message, empty: Message, number: int) -> tuple[bytes, bytes]:
+    """The serialized fields of ``message`` numbered below ``number``, and above it."""
+    before, after = empty, type(empty)()
+    for descriptor, value in message.ListFields():
+        if descriptor.number != number:
+            copy_field(before if descriptor.number < number else after, descriptor.name, value)
+    return before.SerializeToString(), after.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def fits(model: onnx.ModelProto, margin: int = 0) -> bool:
     """The model serializes into one protobuf (under the 2 GB limit, less ``margin``).
 
@@ -208,17 +305,6 @@ def fits(model: onnx.ModelProto, margin: int = 0) -> bool:
     so large raw tensors are counted by length and the rest is sized only when small.
     """
     return serialized_size(model) < PROTOBUF_LIMIT - margin
-
-
-def serialized_size(model: onnx.ModelProto) -> int:
-    """The serialized size in bytes, weights included: exact below 1 GB of weights, a tight
-    upper bound above (where protobuf's ``ByteSize()`` cannot be called)."""
-    weights = sum(len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
-                  for t in model.graph.initializer)
-    if weights < 2**30:
-        return model.ByteSize()
-    rest = sum(n.ByteSize() for n in model.graph.node)
-    return weights + 64 * len(model.graph.initializer) + rest + 2**20
 
 
 def _mode_for(target: Path) -> int:
@@ -255,7 +341,7 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_temp(folder: Path, name: str, chunks: list[bytes], mode: int) -> str:
+def _write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int) -> str:
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -292,7 +378,8 @@ def _externalize(
             with contextlib.suppress(OSError, AttributeError):
                 os.fchmod(f.fileno(), mode)
             for t in model.graph.initializer:
-                if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_THRESHOLD:
+                raw = t.raw_data if t.HasField("raw_data") else b""  # one copy, not three
+                if len(raw) >= EXTERNAL_THRESHOLD:
                     stub = graph.initializer.add()
                     stub.name, stub.data_type = t.name, t.data_type
                     stub.dims.extend(t.dims)
@@ -301,14 +388,14 @@ def _externalize(
                     pad = (-offset) % 4096  # page-aligned, as onnx's own writer does
                     f.write(b"\0" * pad)
                     offset += pad
-                    f.write(t.raw_data)
+                    f.write(raw)
                     # by hand: onnx's set_external_data wants the bytes in the stub too
                     stub.data_location = onnx.TensorProto.EXTERNAL
                     for key, value in (("location", data_name), ("offset", offset),
-                                       ("length", len(t.raw_data))):
+                                       ("length", len(raw))):
                         entry = stub.external_data.add()
                         entry.key, entry.value = key, str(value)
-                    offset += len(t.raw_data)
+                    offset += len(raw)
                 else:
                     graph.initializer.append(t)
             f.flush()
@@ -318,6 +405,32 @@ def _externalize(
             os.unlink(temp)
         raise
     return shell, temp
+
+
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large float initializers replaced by graph inputs of equal shape.
+
+    Shape inference reads the values of small integer tensors (Reshape targets, Pad amounts) but
+    only the shapes of weights, and the checker's structural rules hold for both, so this keeps
+    inference and checks cheap for large models.
+    """
+    skeleton = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            copy_field(skeleton, descriptor.name, value)
+    g = skeleton.graph
+    src = model.graph
+    for descriptor, value in src.ListFields():
+        if descriptor.name != "initializer":
+            copy_field(g, descriptor.name, value)
+    declared = {v.name for v in src.input}
+    for t in src.initializer:
+        if t.data_type in FLOAT_TYPES and np.prod(t.dims, dtype=np.int64) > 64:
+            if t.name not in declared:
+                g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+        else:
+            g.initializer.append(t)
+    return skeleton
 
 
 def copy_field(dst: Message, name: str, value: object) -> None:

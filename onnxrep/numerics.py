@@ -20,12 +20,19 @@ length ``n`` exactly when the strides and the *extents* ``p0 + p1 - d*(k-1)`` ag
 Border values. A pointwise map (1-tap kernel, stride 1) evaluated on its zero padding gives its
 bias, so a pointwise map with pads describes "the map, padded with its bias". A conv that zero-
 pads such a map therefore merges exactly only when that bias is 0 (shared/REPARAM.md §3, §5).
+
+Lazy kernels. A map's kernel is a :class:`Lazy` array: its shape, and a recipe that computes
+the float64 values from its parents' on demand. Deciding whether maps merge needs only shapes
+and biases, so the many candidate maps of a large model cost no memory until the one chosen is
+materialized (``ConvMap.weights()``). Each map also carries ``bias_mag``, a bound on the
+magnitude of the terms its bias was summed from: it scales the rounding with which an exporter,
+computing the same bias in float32, may differ from it (see :func:`pad`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -34,6 +41,7 @@ __all__ = [
     "ChannelAffine",
     "ConvMap",
     "Inexact",
+    "Lazy",
     "Map",
     "add",
     "affine",
@@ -53,23 +61,59 @@ class Inexact(ValueError):
     """A rewrite that would not be exact; the message says why."""
 
 
+class Lazy:
+    """A float64 array known by its shape, computed by ``make()`` each time it is asked for."""
+
+    __slots__ = ("_make", "shape")
+
+    def __init__(self, shape: Sequence[int], make: Callable[[], np.ndarray]) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self._make = make
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Lazy:
+        array = np.asarray(values, dtype=np.float64)
+        return cls(array.shape, lambda: array)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def value(self) -> np.ndarray:
+        out = self._make()
+        assert out.shape == self.shape, (out.shape, self.shape)
+        return out
+
+
 @dataclass(frozen=True, eq=False)
 class ConvMap:
     """``y = conv(zero_pad(x, pads), weight, strides, dilations, group) + bias``.
 
-    ``weight`` is float64 ``[Cout, Cin/group, *kernel]``, ``bias`` float64 ``[Cout]``, ``pads``
-    in ONNX order (all begins, then all ends). ``auto_pad`` is ``"NOTSET"`` unless the padding
-    depends on the input size (``SAME_*`` with a stride > 1 and unknown input size); such a map
-    can only be rescaled per channel, never re-framed.
+    ``weight`` is a float64 ``[Cout, Cin/group, *kernel]`` (a :class:`Lazy`; an ndarray given
+    to the constructor is wrapped), ``bias`` float64 ``[Cout]``, ``pads`` in ONNX order (all
+    begins, then all ends). ``auto_pad`` is ``"NOTSET"`` unless the padding depends on the input
+    size (``SAME_*`` with a stride > 1 and unknown input size); such a map can only be rescaled
+    per channel, never re-framed. ``bias_mag`` bounds the terms of the bias (default ``|bias|``).
     """
 
-    weight: np.ndarray
+    weight: Lazy
     bias: np.ndarray
     strides: tuple[int, ...]
     dilations: tuple[int, ...]
     pads: tuple[int, ...]
     group: int = 1
     auto_pad: str = "NOTSET"
+    bias_mag: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, Lazy):
+            object.__setattr__(self, "weight", Lazy.of(self.weight))
+        if self.bias_mag is None:
+            object.__setattr__(self, "bias_mag", np.abs(self.bias))
+
+    def weights(self) -> np.ndarray:
+        """The kernel's float64 values."""
+        return self.weight.value()
 
     @property
     def rank(self) -> int:
@@ -99,6 +143,7 @@ class ChannelAffine:
 
     ``scale`` and ``shift`` are float64 vectors of length ``channels`` or 1. ``channels`` is
     ``None`` while nothing has fixed the channel count (the identity of an unknown tensor).
+    ``shift_mag`` bounds the terms of the shift (default ``|shift|``).
     """
 
     rank: int
@@ -106,6 +151,11 @@ class ChannelAffine:
     shift: np.ndarray
     pads: tuple[int, ...]
     channels: int | None = None
+    shift_mag: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.shift_mag is None:
+            object.__setattr__(self, "shift_mag", np.abs(self.shift))
 
     @staticmethod
     def identity(rank: int, channels: int | None = None) -> ChannelAffine:
@@ -145,6 +195,12 @@ def _channels_of(m: Map) -> int | None:
     return m.cout if isinstance(m, ConvMap) else m.channels
 
 
+def _bias_mag(m: Map) -> np.ndarray:
+    mag = m.bias_mag if isinstance(m, ConvMap) else m.shift_mag
+    assert mag is not None  # set in __post_init__
+    return mag
+
+
 def _spatial(x: np.ndarray, rank: int) -> tuple[slice | None, ...]:
     """Index that broadcasts a per-output-channel vector over ``[Cout, Cin/g, *kernel]``."""
     del x
@@ -176,20 +232,26 @@ def to_conv(m: Map, group: int, channels: int | None = None) -> ConvMap:
     c = m.channels if m.channels is not None else channels
     if c is None:
         raise Inexact("the channel count of an identity branch is unknown")
+    if c % group:
+        raise Inexact(f"{c} channels do not split into {group} groups")
     scale = _vec(m.scale, c, "scale")
-    w = identity_kernel(c, group, m.rank) * scale[_spatial(scale, m.rank)]
+    rank = m.rank
+    w = Lazy((c, c // group) + (1,) * rank,
+             lambda: identity_kernel(c, group, rank) * scale[_spatial(scale, rank)])
     bias = np.broadcast_to(_vec(m.shift, c, "shift"), (c,)).copy()
-    return ConvMap(w, bias, (1,) * m.rank, (1,) * m.rank, m.pads, group)
+    mag = np.broadcast_to(_bias_mag(m), (c,)).copy()
+    return ConvMap(w, bias, (1,) * rank, (1,) * rank, m.pads, group, bias_mag=mag)
 
 
-def _dense(m: ConvMap) -> np.ndarray:
-    """The block-diagonal ``[Cout, Cin, *kernel]`` weight of a grouped conv."""
-    if m.group == 1:
-        return m.weight
-    out_g, in_g = m.cout // m.group, m.weight.shape[1]
-    dense = np.zeros((m.cout, m.cin, *m.kernel))
-    for g in range(m.group):
-        dense[g * out_g : (g + 1) * out_g, g * in_g : (g + 1) * in_g] = m.weight[
+def _dense(weight: np.ndarray, group: int) -> np.ndarray:
+    """The block-diagonal ``[Cout, Cin, *kernel]`` weight of a grouped conv's ``weight``."""
+    if group == 1:
+        return weight
+    cout, in_g = weight.shape[:2]
+    out_g = cout // group
+    dense = np.zeros((cout, in_g * group, *weight.shape[2:]))
+    for g in range(group):
+        dense[g * out_g : (g + 1) * out_g, g * in_g : (g + 1) * in_g] = weight[
             g * out_g : (g + 1) * out_g
         ]
     return dense
@@ -200,10 +262,10 @@ def _channelwise(m: ConvMap) -> bool:
     return m.group == m.cin == m.cout
 
 
-def _apply_channels(m: ConvMap, values: np.ndarray) -> np.ndarray:
+def _apply_channels(m: ConvMap, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``Σ_{i, taps} W[o, i, taps] · values[i]``: the conv's response to a constant input."""
     g = m.group
-    taps = m.weight.reshape(m.cout, m.weight.shape[1], -1).sum(axis=2)
+    taps = weights.reshape(m.cout, m.weight.shape[1], -1).sum(axis=2)
     per_group = np.broadcast_to(values, (m.cin,)).reshape(g, -1)
     return np.einsum("goi,gi->go", taps.reshape(g, m.cout // g, -1), per_group).reshape(-1)
 
@@ -212,30 +274,38 @@ def _apply_channels(m: ConvMap, values: np.ndarray) -> np.ndarray:
 # per-channel affine after a map (BatchNormalization, Mul/Add/Sub/Div by a constant)
 
 
-def affine(m: Map, scale: np.ndarray | float, shift: np.ndarray | float) -> Map:
-    """``scale * m(x) + shift`` per output channel.
+def affine(
+    m: Map, scale: np.ndarray | float, shift: np.ndarray | float,
+    shift_mag: np.ndarray | None = None,
+) -> Map:
+    """``scale * m(x) + shift`` per output channel (``shift_mag`` bounds the shift's terms).
 
     ConvMap: ``W' = W * scale[:, None, ...]``, ``b' = b * scale + shift``; always exact.
     """
     channels = _channels_of(m)
     scale = _vec(scale, channels, "scale")
     shift = _vec(shift, channels, "shift")
+    added = np.abs(shift) if shift_mag is None else np.asarray(shift_mag, dtype=np.float64)
+    mag = _bias_mag(m) * np.abs(scale) + added
     if isinstance(m, ChannelAffine):
         n = max(m.scale.size, m.shift.size, scale.size, shift.size)
         ch = m.channels if m.channels is not None else (n if n > 1 else None)
-        return ChannelAffine(m.rank, m.scale * scale, m.shift * scale + shift, m.pads, ch)
-    weight = m.weight * np.broadcast_to(scale, (m.cout,))[_spatial(scale, m.rank)]
-    bias = m.bias * scale + shift
-    return replace(m, weight=weight, bias=np.broadcast_to(bias, (m.cout,)).copy())
+        return ChannelAffine(m.rank, m.scale * scale, m.shift * scale + shift, m.pads, ch, mag)
+    factor = np.broadcast_to(scale, (m.cout,))[_spatial(scale, m.rank)]
+    parent = m.weight
+    weight = Lazy(parent.shape, lambda: parent.value() * factor)
+    bias = np.broadcast_to(m.bias * scale + shift, (m.cout,)).copy()
+    return replace(m, weight=weight, bias=bias, bias_mag=np.broadcast_to(mag, (m.cout,)).copy())
 
 
 def batch_norm_affine(
     gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``BN(y) = t * y + (beta - mean * t)`` with ``t = gamma / sqrt(var + eps)``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``BN(y) = t * y + s`` with ``t = gamma / sqrt(var + eps)``, ``s = beta - mean * t``;
+    returns ``(t, s, |beta| + |mean * t|)``, the last bounding the terms of ``s``."""
     g, b, mu, v = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (gamma, beta, mean, var))
     t = g / np.sqrt(v + np.float64(eps))
-    return t, b - mu * t
+    return t, b - mu * t, np.abs(b) + np.abs(mu * t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,7 +408,8 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
         ch = _channel_count(maps, "branches")
         scale = sum(s * _vec(m.scale, ch, "scale") for s, m in zip(signs, maps, strict=True))
         shift = sum(s * _vec(m.shift, ch, "shift") for s, m in zip(signs, maps, strict=True))
-        return ChannelAffine(maps[0].rank, scale, shift, pads.pop(), ch)
+        mag = sum(abs(s) * _bias_mag(m) for s, m in zip(signs, maps, strict=True))
+        return ChannelAffine(maps[0].rank, scale, shift, pads.pop(), ch, mag)
     group = _common_group(maps)
     couts = {m.cout for m in maps if isinstance(m, ConvMap)}
     cins = {m.cin for m in maps if isinstance(m, ConvMap)}
@@ -353,11 +424,14 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
                 raise Inexact("identity branch has a different channel count")
     convs = [to_conv(m, group, cout) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
-    weight = sum(
-        s * _place(m.weight, kernel, o) for s, m, o in zip(signs, convs, offsets, strict=True)
+    parents = [(s, m.weight, o) for s, m, o in zip(signs, convs, offsets, strict=True)]
+    weight = Lazy(
+        (cout, convs[0].weight.shape[1], *kernel),
+        lambda: sum(s * _place(w.value(), kernel, o) for s, w, o in parents),
     )
     bias = sum(s * m.bias for s, m in zip(signs, convs, strict=True))
-    return ConvMap(weight, bias, convs[0].strides, dilations, pads, group)
+    mag = sum(abs(s) * _bias_mag(m) for s, m in zip(signs, convs, strict=True))
+    return ConvMap(weight, bias, convs[0].strides, dilations, pads, group, bias_mag=mag)
 
 
 def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
@@ -373,11 +447,14 @@ def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
         raise Inexact(f"concat of grouped convolutions (groups {sorted(groups)})")
     convs = [to_conv(m, 1, cin) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
-    weight = np.concatenate(
-        [_place(m.weight, kernel, o) for m, o in zip(convs, offsets, strict=True)]
+    parents = [(m.weight, o) for m, o in zip(convs, offsets, strict=True)]
+    weight = Lazy(
+        (sum(m.cout for m in convs), cin, *kernel),
+        lambda: np.concatenate([_place(w.value(), kernel, o) for w, o in parents]),
     )
     bias = np.concatenate([m.bias for m in convs])
-    return ConvMap(weight, bias, convs[0].strides, dilations, pads, 1)
+    mag = np.concatenate([_bias_mag(m) for m in convs])
+    return ConvMap(weight, bias, convs[0].strides, dilations, pads, 1, bias_mag=mag)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,32 +466,48 @@ def _border_ok(bias: np.ndarray, outer_pads: tuple[int, ...], what: str) -> None
         raise Inexact(f"{what} zero-pads a tensor whose border value (its bias) is not 0")
 
 
-def _contract_groups(inner: ConvMap, outer: ConvMap) -> tuple[np.ndarray, int]:
+def _contract_groups(inner: ConvMap, outer: ConvMap) -> tuple[Lazy, int]:
     """Channel contraction of ``outer ∘ inner`` when one of them has a single tap.
 
     Returns the composite weight ``[Cout, Cin/g, *kernel]`` and its group count ``g``:
     ``W[o, i, taps] = Σ_m outer[o, m, taps_B] · inner[m, i, taps_A]`` per group. A channelwise
     side (depthwise with one output per input) keeps the other side's groups.
     """
+    a_w, b_w = inner.weight, outer.weight
+    kernel = tuple(max(p, q) for p, q in zip(inner.kernel, outer.kernel, strict=True))
     if _channelwise(inner):
         g, per_in = outer.group, outer.weight.shape[1]
         m = (np.arange(outer.cout)[:, None] // (outer.cout // g)) * per_in + np.arange(per_in)
-        return outer.weight * inner.weight[:, 0][m], g
+        return Lazy((outer.cout, per_in, *kernel), lambda: b_w.value() * a_w.value()[:, 0][m]), g
     if _channelwise(outer):
-        return inner.weight * outer.weight[:, 0][:, None], inner.group
-    if inner.group == outer.group:
-        g = inner.group
-        a = inner.weight.reshape((g, inner.cout // g, *inner.weight.shape[1:]))
-        b = outer.weight.reshape((g, outer.cout // g, *outer.weight.shape[1:]))
-    else:
-        g = 1
-        a = _dense(inner)[None]
-        b = _dense(outer)[None]
-    if all(k == 1 for k in inner.kernel):
-        w = np.einsum("gom...,gmi->goi...", b, a.reshape(a.shape[:3]))
-    else:
-        w = np.einsum("gom,gmi...->goi...", b.reshape(b.shape[:3]), a)
-    return w.reshape((w.shape[0] * w.shape[1], *w.shape[2:])), g
+        return Lazy(
+            (inner.cout, inner.weight.shape[1], *kernel),
+            lambda: a_w.value() * b_w.value()[:, 0][:, None],
+        ), inner.group
+    g = inner.group if inner.group == outer.group else 1
+    pointwise_inner = all(k == 1 for k in inner.kernel)
+
+    def make() -> np.ndarray:
+        a, b = a_w.value(), b_w.value()
+        if g != inner.group or g != outer.group:  # different groups: contract densely
+            a, b = _dense(a, inner.group), _dense(b, outer.group)
+        a = a.reshape((g, a.shape[0] // g, *a.shape[1:]))
+        b = b.reshape((g, b.shape[0] // g, *b.shape[1:]))
+        if pointwise_inner:
+            w = np.einsum("gom...,gmi->goi...", b, a.reshape(a.shape[:3]))
+        else:
+            w = np.einsum("gom,gmi...->goi...", b.reshape(b.shape[:3]), a)
+        return w.reshape((w.shape[0] * w.shape[1], *w.shape[2:]))
+
+    return Lazy((outer.cout, inner.cin // g, *kernel), make), g
+
+
+def _chain_bias(inner: ConvMap, outer: ConvMap) -> tuple[np.ndarray, np.ndarray]:
+    """Bias of ``outer ∘ inner`` (``b_B + Σ_taps W_B · b_A``) and the bound on its terms."""
+    weights = outer.weights()  # a single layer's kernel: the outer side is never a composite
+    bias = outer.bias + _apply_channels(outer, inner.bias, weights)
+    mag = _bias_mag(outer) + _apply_channels(outer, _bias_mag(inner), np.abs(weights))
+    return bias, mag
 
 
 def compose(inner: Map, outer: Map) -> Map:
@@ -446,13 +539,15 @@ def compose(inner: Map, outer: Map) -> Map:
             raise Inexact(f"auto_pad={outer.auto_pad} after a padded map")
         _border_ok(inner.bias, outer_pads, "the second conv")
         weight, group = _contract_groups(inner, outer)
-        bias = outer.bias + _apply_channels(outer, inner.bias)
+        bias, mag = _chain_bias(inner, outer)
         pads = tuple(a + b for a, b in zip(inner.pads, outer.pads, strict=True))
-        return ConvMap(weight, bias, outer.strides, outer.dilations, pads, group, outer.auto_pad)
+        return ConvMap(
+            weight, bias, outer.strides, outer.dilations, pads, group, outer.auto_pad, mag
+        )
     if outer.pointwise and not any(outer.pads) and outer.auto_pad == "NOTSET":
         weight, group = _contract_groups(inner, outer)
-        bias = outer.bias + _apply_channels(outer, inner.bias)
-        return replace(inner, weight=weight, bias=bias, group=group)
+        bias, mag = _chain_bias(inner, outer)
+        return replace(inner, weight=weight, bias=bias, group=group, bias_mag=mag)
     raise Inexact("neither convolution is 1x1 with stride 1 (and no pads after)")
 
 
@@ -462,18 +557,21 @@ def pad(
     """``m(x)`` padded on the spatial axes by ``pads`` with (per-channel) ``value``.
 
     Exact when ``m`` is pointwise and its bias equals ``value`` (its border then *is* its bias);
-    the pads join the map's own. ``tolerance`` (relative to the larger magnitude) admits a
-    value that an exporter computed from the same parameters in a narrower float type; the
-    merged map then uses the bias, which is the float64 value of the same expression. A zero
-    on either side must be matched exactly: no rounding turns a non-zero value into 0.
+    the pads join the map's own. ``tolerance`` admits a value that an exporter computed from
+    the same parameters in a narrower float type: it is relative to the largest magnitude of
+    the terms the biases of the layer were summed from (``bias_mag``: DBB's
+    ``beta - mean * t`` can cancel to nearly 0 in one channel while its float32 rounding stays
+    at the scale of ``beta``; a bias the exporter already folded is a single term, whose
+    rounding is at the scale of its layer's biases). The merged map uses the bias, the float64
+    value of the same expression. A map whose bias terms are all zero (an identity, a conv
+    without bias) admits only an exact zero.
     """
     if not m.pointwise or (isinstance(m, ConvMap) and m.auto_pad != "NOTSET"):
         raise Inexact("padding after a convolution with a kernel larger than 1x1 or a stride")
     bias = m.bias if isinstance(m, ConvMap) else m.shift
     value = np.asarray(value, dtype=np.float64).reshape(-1)
-    shape = np.broadcast_shapes(bias.shape, value.shape)
-    b, v = np.broadcast_to(bias, shape), np.broadcast_to(value, shape)
-    if np.any(np.abs(b - v) > tolerance * np.maximum(np.abs(b), np.abs(v))):
+    scale = float(np.max(_bias_mag(m), initial=0.0))
+    if np.any(np.abs(bias - value) > tolerance * scale):
         raise Inexact("pad value differs from the padded tensor's value at zero input")
     new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
     return replace(m, pads=new_pads)
@@ -488,7 +586,8 @@ def avg_pool(
 ) -> ConvMap:
     """``AveragePool`` (count_include_pad=1, or no pads) as a depthwise conv of ``1/prod(k)``."""
     rank = len(kernel)
-    w = np.full((channels, 1, *tuple(kernel)), 1.0 / math.prod(kernel))
+    shape = (channels, 1, *tuple(kernel))
+    w = Lazy(shape, lambda: np.full(shape, 1.0 / math.prod(kernel)))
     return ConvMap(
         w, np.zeros(channels), tuple(strides), tuple(dilations or (1,) * rank), tuple(pads),
         channels,

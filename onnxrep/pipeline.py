@@ -15,8 +15,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxrep import io
 from onnxrep.errors import OnnxrepError
@@ -24,27 +27,36 @@ from onnxrep.graph import (
     Names,
     ShapeInfo,
     canonicalize,
+    constant,
     release_overridable,
     subgraph_references,
 )
 from onnxrep.passes import FAMILIES, PASSES, PassState, constants
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
-__all__ = ["optimize"]
+__all__ = ["export", "optimize", "skeleton"]
+
+
 
 def optimize(
     model: onnx.ModelProto | str | os.PathLike[str],
     *,
     skip: Iterable[str] = (),
     max_rounds: int = 8,
+    in_place: bool = False,
 ) -> OptimizeResult:
     """Fold every exact re-parameterization in ``model`` (a ModelProto or a path).
 
     ``skip`` names pattern families to leave alone (see ``onnxrep.passes.FAMILIES``).
-    Returns an :class:`OptimizeResult` whose ``.model`` is a new ModelProto.
+    Returns an :class:`OptimizeResult` whose ``.model`` is a new ModelProto; a ModelProto given
+    here is not modified unless ``in_place`` says the caller has no further use for it. Then,
+    as for a model read from a path, the result is the same object rebuilt, and no second copy
+    of the weights is ever held.
     """
     start = time.perf_counter()
-    original = io.load(model) if isinstance(model, (str, Path, os.PathLike)) else model
+    from_path = isinstance(model, (str, Path, os.PathLike))
+    owned = in_place or from_path
+    original = io.load(model) if from_path else model
     if not isinstance(original, onnx.ModelProto):
         raise OnnxrepError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
     skipped_families = frozenset(skip)
@@ -69,7 +81,7 @@ def optimize(
             if not count:
                 break
             folded += count
-            state.shapes = ShapeInfo.infer(export(graph, original))  # folding exposes shapes
+            state.shapes = ShapeInfo.infer(skeleton(graph, original))  # folding exposes shapes
 
     applied: list[Fold] = []
     skipped: list[Skip] = []
@@ -88,11 +100,16 @@ def optimize(
             break
 
     if not applied and not removed and not folded:
-        result_model = onnx.ModelProto()
-        result_model.CopyFrom(original)
+        if owned:
+            result_model = original
+        else:
+            result_model = onnx.ModelProto()
+            result_model.CopyFrom(original)
     else:
-        result_model = export(graph, original)
-        _check(result_model, original)
+        reference = None if owned else original
+        result_model = export(graph, original, in_place=owned)
+        del graph
+        _check(result_model, reference)
     return OptimizeResult(
         model=result_model,
         applied=applied,
@@ -108,52 +125,128 @@ def optimize(
     )
 
 
-def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """A new ModelProto: ``graph``'s nodes and initializers in ``original``'s clothes."""
-    exported = gs.export_onnx(graph, do_type_check=False).graph
-    src = original.graph
-    out = onnx.ModelProto()
-    for field, value in original.ListFields():
-        if field.name != "graph":
-            io.copy_field(out, field.name, value)
-    g = out.graph
-    for field, value in src.ListFields():
-        if field.name not in ("node", "initializer", "input", "output", "value_info"):
-            io.copy_field(g, field.name, value)
+def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) -> onnx.ModelProto:
+    """``graph``'s nodes and initializers in ``source``'s clothes.
+
+    With ``in_place`` the result *is* ``source``, edited: initializers the graph no longer
+    reads are deleted and new ones appended, so untouched weights are never copied. Otherwise
+    a new ModelProto gets copies of the kept ones. Untouched nodes keep their original
+    NodeProtos (attribute order, doc strings, subgraphs exactly as they were).
+    """
+    out = source if in_place else _shell(source)
+    g, src = out.graph, source.graph
 
     originals = {tuple(n.output): n for n in src.node}
-    for node in exported.node:
-        before = originals.get(tuple(node.output))
+    nodes = []
+    for node in graph.nodes:
+        before = originals.get(tuple(t.name for t in node.outputs))
         same = (
-            before is not None and before.op_type == node.op_type
-            and before.domain == node.domain and list(before.input) == list(node.input)
+            before is not None and before.op_type == node.op
+            and before.domain == (node.domain or "")
+            and list(before.input) == [t.name for t in node.inputs]
         )
-        g.node.append(before if same else node)
-    g.initializer.extend(exported.initializer)
-    present = {t.name for t in exported.initializer}
-    overridable = {v.name for v in exported.input} - present
-    g.initializer.extend(t for t in src.initializer if t.name in overridable)
+        if same:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(before)
+            nodes.append(copy)
+        else:
+            nodes.append(OnnxExporter.export_node(node))
+    del originals
+    if in_place:
+        del g.node[:]
+    g.node.extend(nodes)
 
-    inputs = {v.name: v for v in src.input}
-    outputs = {v.name: v for v in src.output}
-    g.input.extend(inputs.get(v.name, v) for v in exported.input)
-    g.output.extend(outputs.get(v.name, v) for v in exported.output)
+    constants_read = {
+        t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)
+    }
+    keep = set(constants_read) | subgraph_references(graph) | {t.name for t in graph.inputs}
+    if in_place:
+        for i in reversed(range(len(g.initializer))):
+            if g.initializer[i].name not in keep:
+                del g.initializer[i]
+    else:
+        g.initializer.extend(t for t in src.initializer if t.name in keep)
+    present = {t.name for t in g.initializer}
+    for name, tensor in constants_read.items():
+        if name not in present:  # folded weights, canonicalized and folded constants
+            _append_initializer(g, name, constant(tensor))
+            tensor.values = np.zeros(0, np.dtype(tensor.dtype))  # the graph is done: free it
+
+    inputs = {t.name for t in graph.inputs} | (set() if out.ir_version >= 4 else present)
+    kept_inputs = [v for v in src.input if v.name in inputs]
     live = {name for n in g.node for name in n.output}
-    g.value_info.extend(v for v in src.value_info if v.name in live)
+    kept_info = [v for v in src.value_info if v.name in live]
+    if in_place:
+        kept_inputs = [_copied(v) for v in kept_inputs]
+        kept_info = [_copied(v) for v in kept_info]
+        del g.input[:]
+        del g.value_info[:]
+    else:
+        g.output.extend(src.output)
+    g.input.extend(kept_inputs)
+    g.value_info.extend(kept_info)
     return out
 
 
-def _check(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """A result that fails the checker when its input passes is a bug of ours: refuse it."""
-    if not io.fits(model):
-        return  # too large to check in memory; checked by path when loaded again
+def _copied(message: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(message)
+    return copy
+
+
+def _shell(source: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``source`` without its nodes, initializers, inputs and value_info."""
+    out = onnx.ModelProto()
+    for field, value in source.ListFields():
+        if field.name != "graph":
+            io.copy_field(out, field.name, value)
+    for field, value in source.graph.ListFields():
+        if field.name not in ("node", "initializer", "input", "output", "value_info"):
+            io.copy_field(out.graph, field.name, value)
+    return out
+
+
+def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> None:
+    t = g.initializer.add()
+    t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), name))
+
+
+def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """``graph`` as a ModelProto for shape inference: its nodes, small constants with their
+    values and large float weights as inputs of the same shape (nothing large is copied)."""
+    model = _shell(source)
+    g = model.graph
+    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
+    g.output.extend(source.graph.output)
+    g.input.extend(v for v in source.graph.input)
+    declared = {v.name for v in g.input}
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant) or t.name in declared:
+            continue
+        dtype = np.dtype(t.dtype)
+        if dtype.kind == "f" and int(np.prod(t.shape)) > 64:
+            elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
+        else:
+            _append_initializer(g, t.name, constant(t))
+    return model
+
+
+def _check(model: onnx.ModelProto, original: onnx.ModelProto | None) -> None:
+    """A result that fails the checker when its input passes is a bug of ours: refuse it.
+
+    Large models are checked as their skeleton (structure, types, attributes; not the weight
+    bytes, which numpy wrote), so the check never holds a second serialized copy.
+    """
+    subject = model if io.serialized_size(model) < io.CHECK_IN_FULL else io.light_copy(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as e:
-        try:
-            onnx.checker.check_model(original)
-        except onnx.checker.ValidationError:
-            return  # the input already failed the checker the same way
+        if original is not None:
+            try:
+                onnx.checker.check_model(original)
+            except onnx.checker.ValidationError:
+                return  # the input already failed the checker the same way
         first = str(e).strip().splitlines()[0]
         raise OnnxrepError(
             f"internal error: the optimized model fails onnx.checker: {first}"

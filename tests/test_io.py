@@ -328,19 +328,6 @@ def _leftovers(folder: Path, *keep: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
-class _Failing:
-    """A ModelProto stand-in whose serializer fails, as protobuf does past 2 GB."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self._model = model
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._model, name)
-
-    def SerializeToString(self) -> bytes:
-        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
-
-
 def _existing_output(tmp_path: Path) -> tuple[Path, bytes]:
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous contents")
@@ -348,23 +335,22 @@ def _existing_output(tmp_path: Path) -> tuple[Path, bytes]:
 
 
 def test_failing_serializer_writes_nothing(tmp_path: Path, monkeypatch) -> None:
-    out, before = _existing_output(tmp_path)
-    with pytest.raises(OnnxrepError, match=r"out.onnx: cannot write .*2GB"):
-        io.save(_Failing(big_weight_model()), out, external=False)  # type: ignore[arg-type]
-    assert out.read_bytes() == before
-    assert _leftovers(tmp_path, "out.onnx") == []
-    real = io._externalize
+    """Serialization fails half-way (protobuf refuses a message past 2 GB): the old output
+    stays, no temporary file or data file is left, with and without external data."""
+    real = io.serialize_chunks
 
-    def failing_shell(*args, **kwargs):  # the data file is written; the model then fails
-        shell, data_temp = real(*args, **kwargs)
-        assert Path(data_temp).exists()
-        return _Failing(shell), data_temp
+    def failing(model: onnx.ModelProto):
+        chunks = real(model)
+        yield next(chunks)
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
 
-    monkeypatch.setattr(io, "_externalize", failing_shell)
-    with pytest.raises(OnnxrepError, match=r"out.onnx: cannot write .*2GB"):
-        io.save(big_weight_model(), out, external=True)
-    assert out.read_bytes() == before
-    assert _leftovers(tmp_path, "out.onnx") == []
+    monkeypatch.setattr(io, "serialize_chunks", failing)
+    for external in (False, True):
+        out, before = _existing_output(tmp_path)
+        with pytest.raises(OnnxrepError, match=r"out.onnx: cannot write .*2GB"):
+            io.save(big_weight_model(), out, external=external)
+        assert out.read_bytes() == before
+        assert _leftovers(tmp_path, "out.onnx") == []
 
 
 @pytest.mark.parametrize("external", [False, True])
@@ -495,3 +481,16 @@ def test_cli_failure_during_save_keeps_the_existing_output(good: Path, tmp_path:
     _assert_one_line_error(capsys.readouterr().err, out, "cannot write (Permission denied)")
     assert out.read_bytes() == before
     assert _leftovers(tmp_path, "out.onnx", "good.onnx") == []
+
+
+def test_chunked_serialization_and_size_match_protobuf(tmp_path: Path) -> None:
+    """save() writes one tensor at a time and serialized_size() encodes no weights; both must
+    agree with protobuf to the byte."""
+    model = big_weight_model()
+    model.doc_string = "after the graph in field order"
+    onnx.helper.set_model_props(model, {"k": "v"})
+    blob = model.SerializeToString()
+    assert b"".join(io.serialize_chunks(model)) == blob
+    assert io.serialized_size(model) == len(blob)
+    io.save(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == blob

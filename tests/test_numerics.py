@@ -28,7 +28,7 @@ def run(m: nx.Map, x: np.ndarray) -> np.ndarray:
         return (t * scale + shift).numpy()
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[r]
     out = conv(
-        t, torch.from_numpy(m.weight), torch.from_numpy(m.bias),
+        t, torch.from_numpy(m.weights()), torch.from_numpy(m.bias),
         stride=m.strides, dilation=m.dilations, groups=m.group,
     )
     return out.numpy()
@@ -53,7 +53,7 @@ def x_of(c: int, *spatial: int) -> np.ndarray:
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_affine_after_conv(group: int, rank: int) -> None:
     m = conv(8, 8, (3,) * rank, pads=(1,) * 2 * rank, group=group)
-    t, s = nx.batch_norm_affine(*(RNG.random((4, 8)) + 0.5), eps=1e-5)
+    t, s, _ = nx.batch_norm_affine(*(RNG.random((4, 8)) + 0.5), eps=1e-5)
     x = x_of(8, *(7,) * rank)
     want = run(m, x) * t.reshape((1, -1) + (1,) * rank) + s.reshape((1, -1) + (1,) * rank)
     np.testing.assert_allclose(run(nx.affine(m, t, s), x), want, **TOL)
@@ -63,7 +63,7 @@ def test_batch_norm_affine_matches_torch() -> None:
     y = torch.from_numpy(x_of(6, 5, 5))
     g, b, mu, v = (RNG.random(6) + 0.1 for _ in range(4))
     want = F.batch_norm(y, *(torch.from_numpy(a) for a in (mu, v, g, b)), eps=1e-3).numpy()
-    t, s = nx.batch_norm_affine(g, b, mu, v, 1e-3)
+    t, s, _ = nx.batch_norm_affine(g, b, mu, v, 1e-3)
     got = y.numpy() * t[:, None, None] + s[:, None, None]
     np.testing.assert_allclose(got, want, **TOL)
 
@@ -206,3 +206,29 @@ def test_resolve_auto_pad(mode: str, k: int, s: int, n: int) -> None:
     assert out == -(-n // s)  # SAME keeps ceil(n / s) outputs
     assert pads[1] - pads[0] in ((0, 1) if mode == "SAME_UPPER" else (0, -1))
     assert nx.resolve_auto_pad(mode, (k,), (2,), (1,), None) is None
+
+
+def test_pad_tolerance_scales_with_the_terms_of_the_bias() -> None:
+    """BN(0) = beta - mean * t may cancel to nearly 0; an exporter's float32 value of it is off
+    by rounding at the scale of beta, not of the result. A zero bias admits only zero."""
+    inner = conv(4, 4, (1, 1), bias=False)
+    t, s, mag = nx.batch_norm_affine(
+        np.ones(4), np.full(4, 0.3), np.full(4, 0.299), np.ones(4) - 1e-5, 1e-5
+    )
+    m = nx.affine(inner, t, s, mag)
+    tol = 64 * float(np.finfo(np.float32).eps)
+    assert np.allclose(m.bias, 1e-3) and np.all(m.bias_mag > 0.5)
+    nx.pad(m, (1, 1, 1, 1), m.bias + 1e-7, tolerance=tol)  # float32 rounding of 0.3-scale terms
+    with pytest.raises(nx.Inexact, match="pad value"):
+        nx.pad(m, (1, 1, 1, 1), m.bias + 1e-4, tolerance=tol)
+    with pytest.raises(nx.Inexact, match="pad value"):
+        nx.pad(inner, (1, 1, 1, 1), 0.03, tolerance=64 * float(np.finfo(np.float16).eps))
+
+
+def test_kernels_are_computed_only_when_asked_for() -> None:
+    calls = []
+    leaf = nx.Lazy((8, 8, 3, 3), lambda: calls.append(1) or RNG.standard_normal((8, 8, 3, 3)))
+    m = nx.ConvMap(leaf, np.zeros(8), (1, 1), (1, 1), (1, 1, 1, 1))
+    merged = nx.add([nx.affine(m, RNG.random(8), RNG.random(8)), conv(8, 8, (1, 1))])
+    assert calls == [] and merged.kernel == (3, 3)
+    assert merged.weights().shape == (8, 8, 3, 3) and calls == [1]

@@ -168,3 +168,14 @@ def test_opsets(opset: int) -> None:
 def test_unknown_skip_name_is_an_error() -> None:
     with pytest.raises(onnxrep.OnnxrepError, match="unknown pattern"):
         onnxrep.optimize(_rich_model(), skip=["nope"])
+
+
+def test_in_place_reuses_the_given_model_and_agrees_with_a_copy() -> None:
+    model = _rich_model()
+    keep = onnx.ModelProto()
+    keep.CopyFrom(model)
+    copied = onnxrep.optimize(model).model
+    reused = onnxrep.optimize(model, in_place=True)
+    assert reused.model is model
+    assert reused.model.SerializeToString() == copied.SerializeToString()
+    assert reused.before.ops == {op: n for op, n in sorted(op_counts(keep).items())}

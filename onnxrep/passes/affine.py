@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, constant
+from onnxrep.graph import Unsupported, is_constant
 from onnxrep.passes.channelwise import BINARY_OPS, binary_affine, constant_operand
 from onnxrep.passes.regions import Candidate, RegionContext, rule
 
@@ -27,7 +27,7 @@ def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         if node.op in ("Mul", "Div") and len(node.inputs) == 2:
             for mine, other in ((0, 1), (1, 0)):
                 scale = node.inputs[other]
-                if id(node.inputs[mine]) in ctx.candidates and constant(scale) is None:
+                if id(node.inputs[mine]) in ctx.candidates and not is_constant(scale):
                     ctx.note(node, FAMILY, f"the scale {scale.name!r} is not a constant")
                     break
         return []

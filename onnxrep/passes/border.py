@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from onnxrep import numerics as nx
-from onnxrep.graph import constant
+from onnxrep.graph import constant, is_constant
 from onnxrep.passes.regions import Candidate, RegionContext, rule
 
 FAMILY = "border-fill"
@@ -47,7 +47,7 @@ def _data_slots(node: gs.Node) -> tuple[int, ...]:
 
 def _variable_slot(node: gs.Node) -> int | None:
     """The one input of ``node`` that is not a constant, if it is a data slot."""
-    slots = [i for i, t in enumerate(node.inputs) if t.name and constant(t) is None]
+    slots = [i for i, t in enumerate(node.inputs) if t.name and not is_constant(t)]
     if len(slots) != 1 or slots[0] not in _data_slots(node):
         return None
     if node.op in ("ScatterND", "ScatterElements") and node.attrs.get("reduction", "none") not in (

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.graph import ShapeInfo, Unsupported, is_default_domain, shared_reason
-from onnxrep.passes.channelwise import affine_chain
+from onnxrep.passes.channelwise import affine_chain, is_affine
 from onnxrep.result import Fold, Skip
 
 if TYPE_CHECKING:
@@ -57,12 +57,13 @@ def fold_chains(
     for node in graph.nodes:
         if node.op not in ops or not is_default_domain(node) or id(node) in removed:
             continue
-        if len(node.outputs) != 1 or not node.outputs[0].outputs:
-            continue
+        out = node.outputs[0] if len(node.outputs) == 1 else None
+        if out is None or not out.outputs or not is_affine(out.outputs[0], out):
+            continue  # nothing to fold into this layer: do not even read it
         try:
             layer = parse(node, shapes)
         except Unsupported as e:
-            if _feeds_affine(node):
+            if out.outputs[0].op == "BatchNormalization":  # a MatMul + bias Add is no candidate
                 skips.append(Skip(family, node.name, node.op, str(e)))
             continue
         chain, scale, shift, why = affine_chain(node.outputs[0], layer.rank, layer.channels,
@@ -95,7 +96,3 @@ def fold_chains(
             if id(n) not in removed or id(n) in replacements
         ]
     return folds, skips
-
-
-def _feeds_affine(node: gs.Node) -> bool:
-    return any(r.op == "BatchNormalization" for t in node.outputs for r in t.outputs)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, attributes, constant
+from onnxrep.graph import Unsupported, attributes, constant, is_constant
 
 BN_ATTRS = {
     "epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1, "is_test": 1,
@@ -21,8 +21,8 @@ BN_ATTRS = {
 BINARY_OPS = ("Mul", "Add", "Sub", "Div")
 
 
-def batch_norm(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
-    """``(t, s)`` with ``BN(y) = t * y + s`` for an inference-mode BatchNormalization."""
+def batch_norm(node: gs.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t, s, |beta| + |mean t|)`` with ``BN(y) = t * y + s``, inference mode only."""
     attrs = attributes(node, BN_ATTRS)
     if int(attrs["training_mode"]) != 0 or len([o for o in node.outputs if o.name]) > 1:
         raise Unsupported(f"BatchNormalization {node.name!r} is in training mode")
@@ -34,30 +34,32 @@ def batch_norm(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
     return nx.batch_norm_affine(*params, eps=float(attrs["epsilon"]))  # type: ignore[misc]
 
 
-def constant_operand(node: gs.Node) -> tuple[int, np.ndarray] | None:
-    """``(index of the variable input, the constant)`` for a binary op with one constant input."""
+def constant_operand(node: gs.Node) -> tuple[int, gs.Constant] | None:
+    """``(index of the variable input, the constant input)`` for a binary op with exactly one
+    constant input (its values are not read here)."""
     if node.op not in BINARY_OPS or len(node.inputs) != 2 or node.attrs:
         return None
-    values = [constant(t) for t in node.inputs]
-    if (values[0] is None) == (values[1] is None):
+    first, second = (is_constant(t) for t in node.inputs)
+    if first == second:
         return None
-    var = 0 if values[0] is None else 1
-    return var, values[1 - var]  # type: ignore[return-value]
+    var = 1 if first else 0
+    return var, node.inputs[1 - var]
 
 
-def per_channel(values: np.ndarray, rank: int, channels: int | None) -> np.ndarray:
+def per_channel(tensor: gs.Constant, rank: int, channels: int | None) -> np.ndarray:
     """A constant that broadcasts over ``[N, C, *spatial]`` (``rank`` dims) along C only, as a
-    float64 vector of length 1 or C."""
-    if values.ndim > rank:
-        raise nx.Inexact(f"a constant of shape {list(values.shape)} raises the tensor's rank")
-    shape = (1,) * (rank - values.ndim) + values.shape
-    if any(d != 1 for i, d in enumerate(shape) if i != 1):
-        raise nx.Inexact(f"a constant of shape {list(values.shape)} is not per channel")
-    if shape[1] != 1 and channels is not None and shape[1] != channels:
-        raise nx.Inexact(f"a constant of {shape[1]} values for {channels} channels")
-    if values.dtype.kind != "f":
-        raise nx.Inexact(f"a {values.dtype} constant")
-    return values.astype(np.float64).reshape(-1)
+    float64 vector of length 1 or C. The shape is checked before any value is read."""
+    shape = tuple(tensor.shape)
+    if len(shape) > rank:
+        raise nx.Inexact(f"a constant of shape {list(shape)} raises the tensor's rank")
+    full = (1,) * (rank - len(shape)) + shape
+    if any(d != 1 for i, d in enumerate(full) if i != 1):
+        raise nx.Inexact(f"a constant of shape {list(shape)} is not per channel")
+    if full[1] != 1 and channels is not None and full[1] != channels:
+        raise nx.Inexact(f"a constant of {full[1]} values for {channels} channels")
+    if np.dtype(tensor.dtype).kind != "f":
+        raise nx.Inexact(f"a {np.dtype(tensor.dtype)} constant")
+    return np.asarray(constant(tensor), dtype=np.float64).reshape(-1)
 
 
 def binary_affine(node: gs.Node, rank: int, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,16 +97,14 @@ def affine_chain(
     scale, shift = np.ones(1), np.zeros(1)
     while len(t.outputs) >= 1:
         reader = t.outputs[0]
-        if reader.op != "BatchNormalization" and constant_operand(reader) is None:
-            return nodes, scale, shift, None
-        if reader.op == "BatchNormalization" and reader.inputs[0] is not t:
+        if not is_affine(reader, t):
             return nodes, scale, shift, None
         why = shared(t)
         if why is not None:
             return nodes, scale, shift, f"cannot fold through {why}"
         try:
             if reader.op == "BatchNormalization":
-                s, b = batch_norm(reader)
+                s, b, _ = batch_norm(reader)
             else:
                 s, b = binary_affine(reader, rank, channels)
         except (Unsupported, nx.Inexact) as e:
@@ -113,3 +113,10 @@ def affine_chain(
         nodes.append(reader)
         t = reader.outputs[0]
     return nodes, scale, shift, None
+
+
+def is_affine(reader: gs.Node, t: gs.Tensor) -> bool:
+    """``reader`` is a BN of ``t`` or a binary op of ``t`` with a constant: a chain link."""
+    if reader.op == "BatchNormalization":
+        return bool(reader.inputs) and reader.inputs[0] is t
+    return constant_operand(reader) is not None

@@ -20,7 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from onnxrep.graph import ShapeInfo, constant, is_default_domain
+from onnxrep.graph import ShapeInfo, is_constant, is_default_domain
 
 FAMILY = "constants"
 SIZE_LIMIT = 1 << 22
@@ -36,7 +36,7 @@ def _foldable(graph: gs.Graph, shapes: ShapeInfo) -> bool:
             if shape is not None and all(d is not None for d in shape):
                 return True
         elif (node.op == "CastLike" and shapes.dtypes.get(node.inputs[1].name)) or (
-            node.inputs and all(constant(t) is not None or not t.name for t in node.inputs)
+            node.inputs and all(is_constant(t) or not t.name for t in node.inputs)
         ):
             return True
     return False
@@ -47,7 +47,7 @@ def _foldable_left(graph: gs.Graph) -> int:
     return sum(
         1 for n in graph.nodes
         if is_default_domain(n) and not _has_subgraph(n) and n.inputs and n.outputs
-        and all(constant(t) is not None or not t.name for t in n.inputs)
+        and all(is_constant(t) or not t.name for t in n.inputs)
         and any(t.outputs for t in n.outputs)
     )
 

@@ -24,14 +24,14 @@ FAMILY = "conv-bn"
 @rule(FAMILY, "BatchNormalization")
 def batch_norm_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     try:
-        t, s = batch_norm(node)
+        t, s, s_mag = batch_norm(node)
     except Unsupported as e:
         ctx.note(node, FAMILY, str(e))
         return []
     out = []
     for c in ctx.operands(node, 0, FAMILY):
         try:
-            out.append(c.then(node, nx.affine(c.map, t, s), FAMILY))
+            out.append(c.then(node, nx.affine(c.map, t, s, s_mag), FAMILY))
         except nx.Inexact as e:
             ctx.note(node, FAMILY, str(e))
     return out

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, Unsupported, attributes, constant
+from onnxrep.graph import ShapeInfo, Unsupported, attributes, constant, is_constant
 from onnxrep.passes.chains import Layer, fold_chains
 from onnxrep.result import Fold, Skip
 
@@ -31,26 +31,27 @@ ATTRS = {
 
 def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
     attrs = attributes(node, ATTRS)
-    w = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
     has_b = len(node.inputs) > 2 and bool(node.inputs[2].name)
-    b = constant(node.inputs[2]) if has_b else None
-    if w is None or (has_b and b is None):
+    if not is_constant(weight) or (has_b and not is_constant(node.inputs[2])):
         raise Unsupported(f"ConvTranspose {node.name!r} has weights that are not constants")
-    if w.dtype.kind != "f":
-        raise Unsupported(f"ConvTranspose {node.name!r} has a {w.dtype} weight")
+    if np.dtype(weight.dtype).kind != "f":
+        raise Unsupported(f"ConvTranspose {node.name!r} has a {np.dtype(weight.dtype)} weight")
     g = int(attrs["group"])
-    cin, per_group = w.shape[0], w.shape[1]
+    shape = tuple(weight.shape)
+    cin, per_group = shape[0], shape[1]
     cout = per_group * g
     out_channel = (np.arange(cin)[:, None] // (cin // g)) * per_group + np.arange(per_group)
-    kept = {k: v for k, v in node.attrs.items()}
+    kept = dict(node.attrs)
 
     def rewrite(scale: np.ndarray, shift: np.ndarray) -> tuple[str, list, dict]:
         t = np.broadcast_to(scale, (cout,))
-        factor = t[out_channel].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
-        bias = np.zeros(cout) if b is None else b.astype(np.float64)
-        return "ConvTranspose", [w.astype(np.float64) * factor, t * bias + shift], kept
+        factor = t[out_channel].reshape(shape[:2] + (1,) * (len(shape) - 2))
+        bias = constant(node.inputs[2]).astype(np.float64) if has_b else np.zeros(cout)
+        w = constant(weight).astype(np.float64) * factor
+        return "ConvTranspose", [w, t * bias + shift], kept
 
-    return Layer(w.ndim, cout, w.dtype, rewrite)
+    return Layer(len(shape), cout, np.dtype(weight.dtype), rewrite)
 
 
 def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, Unsupported, attributes, constant
+from onnxrep.graph import ShapeInfo, Unsupported, attributes, constant, is_constant
 from onnxrep.passes.chains import Layer, fold_chains
 from onnxrep.result import Fold, Skip
 
@@ -31,43 +31,45 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
     if node.op == "MatMul":
         return _matmul(node, shapes)
     attrs = attributes(node, GEMM_ATTRS)
-    b = constant(node.inputs[1])
+    weight = node.inputs[1]
     has_c = len(node.inputs) > 2 and bool(node.inputs[2].name)
-    c = constant(node.inputs[2]) if has_c else None
-    if b is None or b.ndim != 2 or (has_c and c is None):
+    if not is_constant(weight) or len(weight.shape) != 2 or (
+        has_c and not is_constant(node.inputs[2])
+    ):
         raise Unsupported(f"Gemm {node.name!r} has weights that are not constants")
-    if b.dtype.kind != "f":
-        raise Unsupported(f"Gemm {node.name!r} has {b.dtype} weights")
+    if np.dtype(weight.dtype).kind != "f":
+        raise Unsupported(f"Gemm {node.name!r} has {np.dtype(weight.dtype)} weights")
     trans_b = int(attrs["transB"])
-    n = b.shape[0] if trans_b else b.shape[1]
+    n = weight.shape[0] if trans_b else weight.shape[1]
     alpha, beta = float(attrs["alpha"]), float(attrs["beta"])
 
     def rewrite(scale: np.ndarray, shift: np.ndarray) -> tuple[str, list, dict]:
         t = np.broadcast_to(scale, (n,))
-        w = b.astype(np.float64) * (t[:, None] if trans_b else t[None, :])
-        bias = shift if c is None else t * beta * c.astype(np.float64) + shift
+        w = constant(weight).astype(np.float64) * (t[:, None] if trans_b else t[None, :])
+        c = constant(node.inputs[2]).astype(np.float64) if has_c else None
+        bias = shift if c is None else t * beta * c + shift
         bias = np.broadcast_to(bias, np.broadcast_shapes(np.shape(bias), (n,)))
         new = {"alpha": alpha, "beta": 1.0, "transA": int(attrs["transA"]), "transB": trans_b}
         return "Gemm", [w, bias], new
 
-    return Layer(2, n, b.dtype, rewrite)
+    return Layer(2, n, np.dtype(weight.dtype), rewrite)
 
 
 def _matmul(node: gs.Node, shapes: ShapeInfo) -> Layer:
-    b = constant(node.inputs[1])
-    if b is None or constant(node.inputs[0]) is not None:
+    weight = node.inputs[1]
+    if not is_constant(weight) or is_constant(node.inputs[0]):
         raise Unsupported(f"MatMul {node.name!r} has a weight that is not a constant")
-    if b.ndim != 2 or shapes.rank(node.inputs[0].name) != 2:
+    if len(weight.shape) != 2 or shapes.rank(node.inputs[0].name) != 2:
         raise Unsupported(f"MatMul {node.name!r} is not a 2-D activation times a 2-D weight")
-    if b.dtype.kind != "f":
-        raise Unsupported(f"MatMul {node.name!r} has a {b.dtype} weight")
-    n = b.shape[1]
+    if np.dtype(weight.dtype).kind != "f":
+        raise Unsupported(f"MatMul {node.name!r} has a {np.dtype(weight.dtype)} weight")
+    n = weight.shape[1]
 
     def rewrite(scale: np.ndarray, shift: np.ndarray) -> tuple[str, list, dict]:
-        w = b.astype(np.float64) * np.broadcast_to(scale, (n,))[None, :]
+        w = constant(weight).astype(np.float64) * np.broadcast_to(scale, (n,))[None, :]
         return "Gemm", [w, np.broadcast_to(shift, (n,))], {}
 
-    return Layer(2, n, b.dtype, rewrite)
+    return Layer(2, n, np.dtype(weight.dtype), rewrite)
 
 
 def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:

@@ -30,6 +30,7 @@ from onnxrep.graph import (
     Unsupported,
     attributes,
     constant,
+    is_constant,
     is_default_domain,
     shared_reason,
 )
@@ -170,20 +171,23 @@ CONV_ATTRS = {
 
 
 def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
-    """The ConvMap of a Conv node; raises Unsupported with the reason when it has none."""
+    """The ConvMap of a Conv node; raises Unsupported with the reason when it has none.
+
+    The kernel stays in the model until a fold needs its values (``nx.Lazy``)."""
     attrs = attributes(node, CONV_ATTRS)
-    w = constant(node.inputs[1]) if len(node.inputs) > 1 else None
-    if w is None:
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if not is_constant(weight):
         raise Unsupported(f"Conv {node.name!r} has a weight that is not a constant")
-    b = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-    if len(node.inputs) > 2 and node.inputs[2].name and b is None:
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+    if has_bias and not is_constant(node.inputs[2]):
         raise Unsupported(f"Conv {node.name!r} has a bias that is not a constant")
-    if w.dtype.kind != "f":
-        raise Unsupported(f"Conv {node.name!r} has a {w.dtype} weight")
-    r = w.ndim - 2
-    kernel = tuple(int(k) for k in (attrs["kernel_shape"] or w.shape[2:]))
-    if kernel != tuple(w.shape[2:]):
-        raise Unsupported(f"Conv {node.name!r}: kernel_shape {kernel} != weight {w.shape[2:]}")
+    if np.dtype(weight.dtype).kind != "f":
+        raise Unsupported(f"Conv {node.name!r} has a {np.dtype(weight.dtype)} weight")
+    shape = tuple(int(d) for d in weight.shape)
+    r = len(shape) - 2
+    kernel = tuple(int(k) for k in (attrs["kernel_shape"] or shape[2:]))
+    if kernel != shape[2:]:
+        raise Unsupported(f"Conv {node.name!r}: kernel_shape {kernel} != weight {shape[2:]}")
     strides = tuple(int(s) for s in (attrs["strides"] or (1,) * r))
     dilations = tuple(int(d) for d in (attrs["dilations"] or (1,) * r))
     group = int(attrs["group"])
@@ -192,16 +196,18 @@ def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
     if auto_pad == "NOTSET":
         pads = tuple(int(p) for p in (attrs["pads"] or (0,) * (2 * r)))
     else:
-        shape = ctx.shapes.shapes.get(node.inputs[0].name)
+        spatial = ctx.shapes.shapes.get(node.inputs[0].name)
         pads = nx.resolve_auto_pad(
-            auto_pad, kernel, strides, dilations, shape[2:] if shape else None
+            auto_pad, kernel, strides, dilations, spatial[2:] if spatial else None
         )
     if len(strides) != r or len(dilations) != r or (pads is not None and len(pads) != 2 * r):
         raise Unsupported(f"Conv {node.name!r} has attributes of the wrong length")
-    bias = np.zeros(w.shape[0]) if b is None else b.astype(np.float64).reshape(-1)
+    bias = constant(node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else np.zeros(
+        shape[0]
+    )
+    values = nx.Lazy(shape, lambda: constant(weight).astype(np.float64))
     return nx.ConvMap(
-        w.astype(np.float64), bias, strides, dilations,
-        pads if pads is not None else (0,) * (2 * r), group,
+        values, bias, strides, dilations, pads if pads is not None else (0,) * (2 * r), group,
         "NOTSET" if pads is not None else auto_pad,
     )
 
@@ -265,7 +271,13 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         best = _choose(candidates, absorbed, node, ctx)
         if best is None:
             continue
-        new = _emit(t, best, names)
+        assert isinstance(best.map, nx.ConvMap)
+        weights, dtype = best.map.weights(), _dtype(best)  # the one kernel ever materialized
+        if not (_fits(weights, dtype) and _fits(best.map.bias, dtype)):
+            ctx.note(node, _label(best), f"the folded weights of {len(best.nodes)} nodes "
+                     f"overflow {dtype}")
+            continue
+        new = _emit(t, best, weights.astype(dtype), names)
         folds.append(_fold_record(t, best))
         for n in best.nodes:
             absorbed[id(n)] = n
@@ -314,10 +326,6 @@ def _choose(
             continue
         if not any(n.op == "Conv" for n in c.nodes) or any(id(n) in absorbed for n in c.nodes):
             continue
-        if not _representable(c):
-            ctx.note(root, _label(c), f"the folded weights of {len(c.nodes)} nodes overflow "
-                     f"{_dtype(c)}")
-            continue
         if nx.macs(c.map) > c.macs * (1 + 1e-9):
             costly = costly or c
             continue
@@ -334,35 +342,33 @@ def _choose(
 
 def _main_conv(c: Candidate) -> gs.Node:
     """The conv whose name and dtype the emitted Conv takes: the largest weight."""
-    return max((n for n in c.nodes if n.op == "Conv"), key=lambda n: constant(n.inputs[1]).size)
+    return max(
+        (n for n in c.nodes if n.op == "Conv"), key=lambda n: int(np.prod(n.inputs[1].shape))
+    )
 
 
 def _dtype(c: Candidate) -> np.dtype:
-    return constant(_main_conv(c).inputs[1]).dtype
+    return np.dtype(_main_conv(c).inputs[1].dtype)
 
 
-def _representable(c: Candidate) -> bool:
+def _fits(values: np.ndarray, dtype: np.dtype) -> bool:
     """The float64 fold stays finite in the model's dtype (a float16 fold can overflow)."""
-    m = c.map
-    assert isinstance(m, nx.ConvMap)
-    limit = float(np.finfo(_dtype(c)).max)
-    return bool(np.all(np.abs(m.weight) <= limit) and np.all(np.abs(m.bias) <= limit))
+    return bool(np.all(np.abs(values) <= float(np.finfo(dtype).max)))
 
 
 def _label(c: Candidate) -> str:
     return next((f for f in LABEL_ORDER if f in c.families), "conv-bn")
 
 
-def _emit(t: gs.Tensor, c: Candidate, names: Names) -> gs.Node:
-    """The Conv computing ``c.map(c.source)``; its output ``t`` is attached once the nodes it
-    replaces are detached."""
+def _emit(t: gs.Tensor, c: Candidate, weights: np.ndarray, names: Names) -> gs.Node:
+    """The Conv computing ``c.map(c.source)`` with ``weights`` (its kernel, already cast to the
+    model's dtype); its output ``t`` is attached once the nodes it replaces are detached."""
     m = c.map
     assert isinstance(m, nx.ConvMap)
     main = _main_conv(c)
-    dtype = _dtype(c)
     base = main.name or t.name
-    weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(m.weight, dtype))
-    bias = gs.Constant(names.fresh(f"{base}.bias"), np.ascontiguousarray(m.bias, dtype))
+    weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(weights))
+    bias = gs.Constant(names.fresh(f"{base}.bias"), m.bias.astype(weights.dtype))
     attrs: dict[str, object] = {
         "dilations": list(m.dilations), "group": m.group, "kernel_shape": list(m.kernel),
     }
