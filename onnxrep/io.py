@@ -38,10 +38,12 @@ __all__ = [
     "fits",
     "light_copy",
     "load",
+    "mode_for",
     "save",
     "serialize_chunks",
     "serialized_size",
     "validate",
+    "write_temp",
 ]
 
 MIN_OPSET = 7
@@ -180,12 +182,12 @@ def save(
     backup: str | None = None
     try:
         if external:
-            shell, data_temp = _externalize(model, p.parent, data_name, _mode_for(data_path))
+            shell, data_temp = _externalize(model, p.parent, data_name, mode_for(data_path))
             temps.append(data_temp)
             chunks = serialize_chunks(shell)
         else:
             chunks = serialize_chunks(model)
-        model_temp = _write_temp(p.parent, p.name, chunks, _mode_for(p))
+        model_temp = write_temp(p.parent, p.name, chunks, mode_for(p))
         temps.append(model_temp)
         if external:
             backup = _hard_link_backup(data_path)
@@ -307,7 +309,7 @@ def fits(model: onnx.ModelProto, margin: int = 0) -> bool:
     return serialized_size(model) < PROTOBUF_LIMIT - margin
 
 
-def _mode_for(target: Path) -> int:
+def mode_for(target: Path) -> int:
     """The permissions ``target`` has, or a new file made by ``open()`` would get."""
     try:
         return stat.S_IMODE(os.stat(target).st_mode)
@@ -341,7 +343,9 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int) -> str:
+def write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int) -> str:
+    """``chunks`` written and synced to a new temporary file beside ``folder / name`` with
+    permissions ``mode``; returns its path (removed again if writing fails)."""
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -17,13 +17,12 @@ import json
 import math
 import os
 import re
-import stat
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxrep import io
 from onnxrep.errors import OnnxrepError
 from onnxrep.result import ModelStats, OptimizeResult, Skip
 
@@ -749,17 +748,10 @@ class StagedReport:
         text = render(report, report_format(self.path))
         self._temp: str | None = None
         try:
-            fd, self._temp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            self._temp = io.write_temp(
+                self.path.parent, self.path.name, [text.encode("utf-8")], io.mode_for(self.path)
             )
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                with contextlib.suppress(OSError, AttributeError):
-                    os.fchmod(f.fileno(), _mode_for(self.path))
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
         except OSError as e:
-            self.discard()
             raise OnnxrepError(f"{self.path}: cannot write report ({e.strerror or e})") from None
 
     def commit(self) -> None:
@@ -776,16 +768,6 @@ class StagedReport:
             with contextlib.suppress(OSError):
                 os.unlink(self._temp)
             self._temp = None
-
-
-def _mode_for(target: Path) -> int:
-    """The permissions ``target`` has, or that ``open()`` would give a new file."""
-    try:
-        return stat.S_IMODE(os.stat(target).st_mode)
-    except OSError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return 0o666 & ~umask
 
 
 def write(report: Report, path: str | os.PathLike[str]) -> None:
