@@ -230,7 +230,8 @@ def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
         yield _varint(_GRAPH << 3 | 2) + _varint(layout.graph_size)
         yield layout.graph_head
         for tensor, n in zip(model.graph.initializer, layout.sizes, strict=True):
-            yield _INIT_KEY + _varint(n) + tensor.SerializeToString()
+            yield _INIT_KEY + _varint(n)
+            yield tensor.SerializeToString()  # not concatenated: that would copy it again
         yield layout.graph_tail
     yield layout.tail
 
@@ -266,12 +267,23 @@ def _tensor_size(t: onnx.TensorProto) -> int:
     if not t.HasField("raw_data") or t.data_type not in _ITEMSIZE:
         return t.ByteSize()
     n = _ITEMSIZE[t.data_type] * int(np.prod(t.dims, dtype=np.int64))
+    if n < _SMALL:
+        return t.ByteSize()  # cheaper than rebuilding it field by field
     stub = onnx.TensorProto()
-    for descriptor, value in t.ListFields():
-        if descriptor.number != _RAW:
-            copy_field(stub, descriptor.name, value)
+    for descriptor in t.DESCRIPTOR.fields:  # not ListFields(): it would copy the raw bytes out
+        if descriptor.number == _RAW:
+            continue
+        try:
+            present = t.HasField(descriptor.name)
+        except ValueError:  # a repeated field
+            present = len(getattr(t, descriptor.name)) > 0
+        if present:
+            copy_field(stub, descriptor.name, getattr(t, descriptor.name))
     return stub.ByteSize() + 1 + len(_varint(n)) + n
 
+
+_SMALL = 1 << 16
+"""Raw tensors below this many bytes are sized by protobuf itself."""
 
 _ITEMSIZE = {
     getattr(onnx.TensorProto, name): size for name, size in (

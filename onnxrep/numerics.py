@@ -62,18 +62,25 @@ class Inexact(ValueError):
 
 
 class Lazy:
-    """A float64 array known by its shape, computed by ``make()`` each time it is asked for."""
+    """A float64 array known by its shape, computed by ``make()`` each time it is asked for.
 
-    __slots__ = ("_make", "shape")
+    ``fresh``: every ``value()`` is a new array the caller may overwrite (false only for
+    :meth:`of`, which hands out the one array it holds).
+    """
 
-    def __init__(self, shape: Sequence[int], make: Callable[[], np.ndarray]) -> None:
+    __slots__ = ("_make", "fresh", "shape")
+
+    def __init__(
+        self, shape: Sequence[int], make: Callable[[], np.ndarray], fresh: bool = True
+    ) -> None:
         self.shape = tuple(int(d) for d in shape)
         self._make = make
+        self.fresh = fresh
 
     @classmethod
     def of(cls, values: np.ndarray) -> Lazy:
         array = np.asarray(values, dtype=np.float64)
-        return cls(array.shape, lambda: array)
+        return cls(array.shape, lambda: array, fresh=False)
 
     @property
     def ndim(self) -> int:
@@ -293,7 +300,7 @@ def affine(
         return ChannelAffine(m.rank, m.scale * scale, m.shift * scale + shift, m.pads, ch, mag)
     factor = np.broadcast_to(scale, (m.cout,))[_spatial(scale, m.rank)]
     parent = m.weight
-    weight = Lazy(parent.shape, lambda: parent.value() * factor)
+    weight = Lazy(parent.shape, lambda: _scaled(parent, factor))
     bias = np.broadcast_to(m.bias * scale + shift, (m.cout,)).copy()
     return replace(m, weight=weight, bias=bias, bias_mag=np.broadcast_to(mag, (m.cout,)).copy())
 
@@ -380,6 +387,28 @@ def _place(weight: np.ndarray, kernel: tuple[int, ...], offset: tuple[int, ...])
     return out
 
 
+def _scaled(parent: Lazy, factor: np.ndarray) -> np.ndarray:
+    """``parent.value() * factor``, in place when that value is a fresh array."""
+    values = parent.value()
+    if not parent.fresh:
+        return values * factor
+    values *= factor
+    return values
+
+
+def _sum_placed(
+    shape: tuple[int, ...], parts: Sequence[tuple[float, Lazy, tuple[int, ...]]]
+) -> np.ndarray:
+    """``Σ sign * _place(kernel, offset)``, accumulated in place in one array, in order (the
+    same sums, without a zero-padded copy and a scaled copy of every branch)."""
+    out = np.zeros(shape)
+    for s, w, offset in parts:
+        taps = tuple(slice(o, o + k) for o, k in zip(offset, w.shape[2:], strict=True))
+        view = out[(slice(None), slice(None), *taps)]
+        view += w.value() if s == 1 else s * w.value()
+    return out
+
+
 def _common_group(maps: Sequence[Map]) -> int:
     groups = {m.group for m in maps if isinstance(m, ConvMap)}
     if len(groups) > 1:
@@ -425,10 +454,8 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
     convs = [to_conv(m, group, cout) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
     parents = [(s, m.weight, o) for s, m, o in zip(signs, convs, offsets, strict=True)]
-    weight = Lazy(
-        (cout, convs[0].weight.shape[1], *kernel),
-        lambda: sum(s * _place(w.value(), kernel, o) for s, w, o in parents),
-    )
+    shape = (cout, convs[0].weight.shape[1], *kernel)
+    weight = Lazy(shape, lambda: _sum_placed(shape, parents))
     bias = sum(s * m.bias for s, m in zip(signs, convs, strict=True))
     mag = sum(abs(s) * _bias_mag(m) for s, m in zip(signs, convs, strict=True))
     return ConvMap(weight, bias, convs[0].strides, dilations, pads, group, bias_mag=mag)

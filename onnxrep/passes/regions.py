@@ -353,7 +353,8 @@ def _dtype(c: Candidate) -> np.dtype:
 
 def _fits(values: np.ndarray, dtype: np.dtype) -> bool:
     """The float64 fold stays finite in the model's dtype (a float16 fold can overflow)."""
-    return bool(np.all(np.abs(values) <= float(np.finfo(dtype).max)))
+    limit = float(np.finfo(dtype).max)  # min and max: no temporary the size of the kernel
+    return values.size == 0 or bool(-limit <= values.min() and values.max() <= limit)
 
 
 def _label(c: Candidate) -> str:
