@@ -1,14 +1,17 @@
 """Latency in onnxruntime: one model, or several interleaved so machine drift hits all alike.
 
-After ``warmup`` rounds, the models run in rounds of one run each, every round's order rotated
-by one (A B C, B C A, C A B, …; for two models that is ABBA: A B, B A, …), with the same
-inputs, so each model runs equally often in every position and a linear drift adds the same to
-each. Every run is timed with ``perf_counter_ns`` around ``session.run``. Reported per model:
-p50, p90, min and mean in milliseconds, and for every model after the first its speedup
-``p50(first) / p50(model)``. ``BenchResult.speedup`` is that of the second model (the usual
-input → optimized pair), with the spread of its per-round ratios (their p10 and p90). The
-sessions run at the stated onnxruntime optimization level (``all`` by default, as deployed) with
-``threads`` intra-op threads (0 lets onnxruntime choose).
+After ``warmup`` rounds, the models run in rounds of one run each, in the orders of a Williams
+design (a Latin square balanced for carry-over; for two models that is ABBA: A B, B A, …), with
+the same inputs: each model runs equally often in every position and right after every other
+model, so a linear drift adds the same to each, and so does the cache a large model leaves
+behind (a sub-millisecond model is several percent slower after a large one; with plain
+rotation, model ``j`` nearly always follows model ``j - 1``). Every run is timed with
+``perf_counter_ns`` around ``session.run``. Reported per model: p50, p90, min and mean in
+milliseconds, and for every model after the first its speedup ``p50(first) / p50(model)``.
+``BenchResult.speedup`` is that of the second model (the usual input → optimized pair), with
+the spread of its per-round ratios (their p10 and p90). The sessions run at the stated
+onnxruntime optimization level (``all`` by default, as deployed) with ``threads`` intra-op
+threads (0 lets onnxruntime choose).
 """
 
 from __future__ import annotations
@@ -70,8 +73,24 @@ def _timing(name: str, samples_ns: list[int], baseline_p50: float | None) -> Tim
 
 
 def round_order(i: int, n: int) -> list[int]:
-    """The order of the ``n`` models in round ``i``: rotated by one each round."""
-    return [(i + j) % n for j in range(n)]
+    """The order of the ``n`` models in round ``i``: row ``i`` of a Williams design.
+
+    The first row is ``0, 1, n-1, 2, n-2, …`` and each round adds one to it (mod ``n``); for odd
+    ``n`` every other block of ``n`` rounds runs reversed. Over ``n`` rounds (``2n`` for odd
+    ``n``) every model takes every position and follows every other model equally often.
+    """
+    first, low, high = [0], 1, n - 1
+    for k in range(1, n):
+        if k % 2:
+            first.append(low)
+            low += 1
+        else:
+            first.append(high)
+            high -= 1
+    order = [(f + i) % n for f in first]
+    if n % 2 and (i // n) % 2:
+        order.reverse()
+    return order
 
 
 def benchmark(
