@@ -39,62 +39,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def generate(path: str, channels: int, blocks: int, size: int, seed: int = 0) -> dict:
     """Write the training-form model with external data; return its description."""
-    import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from _common import repvgg_stack
 
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    c = channels
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def init(name: str, values: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(values, np.float32), name))
-        return name
-
-    def bn(x: str, name: str) -> str:
-        params = [init(f"{name}.{p}", v) for p, v in (
-            ("gamma", rng.uniform(0.5, 1.5, c)), ("beta", rng.standard_normal(c) * 0.1),
-            ("mean", rng.standard_normal(c) * 0.1), ("var", rng.uniform(0.5, 1.5, c)))]
-        nodes.append(helper.make_node("BatchNormalization", [x, *params], [name], name=name))
-        return name
-
-    h = "x"
-    for b in range(blocks):
-        w3 = rng.standard_normal((c, c, 3, 3), dtype=np.float32)
-        w3 *= np.float32(1 / np.sqrt(c * 9) / 2)
-        nodes.append(helper.make_node("Conv", [h, init(f"b{b}.conv3.weight", w3)],
-                                      [f"b{b}.conv3"], name=f"b{b}.conv3", pads=[1] * 4))
-        del w3
-        w1 = rng.standard_normal((c, c, 1, 1), dtype=np.float32) * np.float32(1 / np.sqrt(c) / 2)
-        nodes.append(helper.make_node("Conv", [h, init(f"b{b}.conv1.weight", w1)],
-                                      [f"b{b}.conv1"], name=f"b{b}.conv1"))
-        branches = [bn(f"b{b}.conv3", f"b{b}.bn3"), bn(f"b{b}.conv1", f"b{b}.bn1"),
-                    bn(h, f"b{b}.bnid")]
-        nodes.append(helper.make_node("Sum", branches, [f"b{b}.sum"], name=f"b{b}.sum"))
-        nodes.append(helper.make_node("Relu", [f"b{b}.sum"], [f"b{b}.out"], name=f"b{b}.relu"))
-        h = f"b{b}.out"
-    graph = helper.make_graph(
-        nodes, "large_repvgg",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
-        [helper.make_tensor_value_info(h, TensorProto.FLOAT, [1, c, size, size])], inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    weight_bytes = sum(len(t.raw_data) for t in inits)
+    model = repvgg_stack(channels, blocks, size, seed)
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    ops = Counter(n.op_type for n in model.graph.node)
     built = time.perf_counter() - start
-    inits.clear()  # the graph holds copies
-    del graph
     onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=Path(path).name + ".data", size_threshold=1024)
     del model
     onnx.checker.check_model(path)
     return {
-        "channels": c, "blocks": blocks, "input": [1, c, size, size],
+        "channels": channels, "blocks": blocks, "input": [1, channels, size, size],
         "weight_bytes": weight_bytes, "model_file_bytes": os.path.getsize(path),
-        "data_file_bytes": os.path.getsize(path + ".data"), "nodes": len(nodes),
-        "ops": dict(Counter(n.op_type for n in nodes)), "build_seconds": round(built, 1),
+        "data_file_bytes": os.path.getsize(path + ".data"), "nodes": sum(ops.values()),
+        "ops": dict(ops), "build_seconds": round(built, 1),
         "generate_seconds": round(time.perf_counter() - start, 1),
     }
 

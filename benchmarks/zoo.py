@@ -1,0 +1,488 @@
+"""The model zoo of ``models.nets`` through onnxrep and its baselines: latency, size, error.
+
+    python benchmarks/zoo.py [--nets a,b] [--forms x,y] [--runs 300] [--warmup 30]
+                             [--threads 1,0] [--opt-repeats 3] [--quick] [--out DIR]
+                             [--json FILE] [--markdown FILE]
+
+For every network of ``models.nets.NETWORKS`` and every export form of ``models.export.FORMS``
+the training form and the hand-written deploy form (``switch_to_deploy``, same weights, same
+exporter settings) are exported into a work dir (a temporary one unless ``--out``). From the
+training form, five more variants are made:
+
+========  ===================================================================================
+train     the training form as exported
+ort       onnxruntime's own optimizations only: the model onnxruntime itself writes
+          (``SessionOptions.optimized_model_filepath``) after optimizing the training form at
+          level ``all`` on this machine (its fusions and NCHWc layout included)
+onnxsim   ``onnxsim.simplify(train)`` (defaults; ``check_n=0``)
+onnxslim  ``onnxslim.slim(train)`` (defaults)
+onnxrep   ``onnxrep.optimize(train).model``
+deploy    the hand-written deploy form
+========  ===================================================================================
+
+All six run in ONE interleaved ``onnxrep.benchmark`` per model and thread count (every
+round's order rotated by one; first round ``TIMING_ORDER``), at onnxruntime level ``all`` — as
+deployed, so ``train`` too gets onnxruntime's run-time fusions —, once with 1 intra-op thread
+and once with onnxruntime's default (``0``: all cores). Every variant gets the same input:
+``N(0, 1)`` from ``numpy.random.default_rng(0)`` in the network's input shape.
+
+The rotation gives every model every position, but not every predecessor: model ``j`` nearly
+always runs right after model ``j - 1``. On these sub-millisecond models, a run that follows a
+large training-form variant is a few percent slower (its caches were evicted), so the
+acceptance ratio comes from a second, paired run of just ``deploy`` and ``onnxrep`` (ABBA:
+each follows the other as often as itself), with the spread of its per-round ratios. In the
+six-way run both of them follow a training-form variant, so its ratios are close.
+
+Also recorded per variant: node and Conv count (any domain), max abs error against torch (the
+float32 forward of the training form in eval mode on that same input; the ONNX model run in
+onnxruntime at ``disable_all``), and for onnxsim, onnxslim and onnxrep the optimizer's wall time
+on the in-memory ModelProto (best of ``--opt-repeats``; loading and saving excluded).
+
+The acceptance ratio is ``p50(onnxrep) / p50(deploy)`` of the paired run at 1 thread: it should
+be at most ``--max-ratio`` (1.03) on every network; rows above are flagged with ``!``. Exit
+code 0 when every row meets it, 1 otherwise, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import _common  # puts the repository root on sys.path
+
+VARIANTS = ("train", "ort", "onnxsim", "onnxslim", "onnxrep", "deploy")
+OPTIMIZERS = ("onnxsim", "onnxslim", "onnxrep")
+TIMING_ORDER = ("onnxrep", "train", "ort", "deploy", "onnxsim", "onnxslim")
+"""The order of the first round: both onnxrep and deploy follow a training-form variant."""
+MAX_RATIO = 1.03
+
+
+def _silent(fn: Callable[[], Any]) -> Any:
+    """Call ``fn`` with its prints, warnings and log lines swallowed, those its C++ code writes
+    to the process's stdout/stderr included (onnxslim prints a table, onnxsim warnings)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            return fn()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def _optimizers() -> dict[str, Callable[[Any], Any]]:
+    import onnxsim
+    import onnxslim
+
+    import onnxrep
+
+    def simplify(model: Any) -> Any:
+        simplified, ok = onnxsim.simplify(model)
+        if not ok:
+            raise RuntimeError("onnxsim.simplify reports that its check failed")
+        return simplified
+
+    return {
+        "onnxsim": simplify,
+        "onnxslim": lambda model: onnxslim.slim(model),
+        "onnxrep": lambda model: onnxrep.optimize(model).model,
+    }
+
+
+def ort_optimized(src: Path, dst: Path) -> None:
+    """Let onnxruntime optimize ``src`` at level ``all`` and write what it runs to ``dst``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(dst)
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
+def max_error(path: Path, x: Any, reference: Any) -> float:
+    """Max abs difference between ``path`` run in onnxruntime (``disable_all``) and torch."""
+    import numpy as np
+
+    from onnxrep.verify import session
+
+    sess = session(path, level="disable_all", threads=1)
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    return float(np.abs(out.astype(np.float64) - reference.astype(np.float64)).max())
+
+
+def run_model(
+    name: str, form: str, net: Any, shape: tuple[int, ...], x: Any, reference: Any,
+    folder: Path, args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Export, optimize, measure and time one network in one form."""
+    import onnx
+
+    import onnxrep
+    from models.export import export
+
+    row: dict[str, Any] = {"net": name, "form": form, "variants": {}, "errors": {}}
+    paths: dict[str, Path] = {}
+    paths["train"] = export(net, shape, folder / f"{name}.{form}.onnx", form)
+    paths["deploy"] = export(net, shape, folder / f"{name}.deploy.{form}.onnx", form, deploy=True)
+    train = onnx.load(str(paths["train"]))
+
+    try:
+        paths["ort"] = folder / f"{name}.{form}.ort.onnx"
+        ort_optimized(paths["train"], paths["ort"])
+    except Exception as e:
+        row["errors"]["ort"] = _one_line(e)
+        paths.pop("ort", None)
+
+    seconds: dict[str, float] = {}
+    for label, optimize in _optimizers().items():
+        try:
+            best, result = float("inf"), None
+            for _ in range(args.opt_repeats):
+                copy = onnx.ModelProto()
+                copy.CopyFrom(train)
+                start = time.perf_counter()
+                result = _silent(lambda m=copy, f=optimize: f(m))
+                best = min(best, time.perf_counter() - start)
+            seconds[label] = best
+            paths[label] = folder / f"{name}.{form}.{label}.onnx"
+            onnx.save(result, str(paths[label]))
+        except Exception as e:
+            row["errors"][label] = _one_line(e)
+            paths.pop(label, None)
+            if args.verbose:
+                traceback.print_exc()
+
+    for label in VARIANTS:
+        if label not in paths:
+            continue
+        info: dict[str, Any] = _common.counts(onnx.load(str(paths[label])))
+        try:
+            info["max_abs_err"] = max_error(paths[label], x, reference)
+        except Exception as e:
+            info["max_abs_err"] = None
+            row["errors"][f"{label} (run)"] = _one_line(e)
+        if label in seconds:
+            info["optimize_s"] = seconds[label]
+        row["variants"][label] = info
+
+    timed = [v for v in TIMING_ORDER
+             if v in paths and row["variants"][v]["max_abs_err"] is not None]
+    row["timed"] = timed
+    row["latency"], row["paired"] = {}, {}
+    for threads in args.threads:
+        bench = onnxrep.benchmark(
+            *[paths[v] for v in timed], names=timed, threads=threads,
+            warmup=args.warmup, runs=args.runs, inputs={"input": x},
+        )
+        row["latency"][str(threads)] = {
+            t.name: {"p50_ms": t.p50, "p90_ms": t.p90, "min_ms": t.min, "mean_ms": t.mean}
+            for t in bench.timings
+        }
+        if "onnxrep" in timed and "deploy" in timed:
+            pair = onnxrep.benchmark(
+                paths["deploy"], paths["onnxrep"], names=["deploy", "onnxrep"],
+                threads=threads, warmup=args.warmup, runs=args.runs, inputs={"input": x},
+            )
+            deploy, rep = pair.timings
+            row["paired"][str(threads)] = {
+                "deploy_p50_ms": deploy.p50, "onnxrep_p50_ms": rep.p50,
+                "ratio": rep.p50 / deploy.p50,
+                # per-round ratios deploy/onnxrep, inverted: onnxrep/deploy p10..p90
+                "ratio_p10": 1 / pair.speedup_p90, "ratio_p90": 1 / pair.speedup_p10,
+            }
+    row["ratios"] = {}
+    for threads, lat in row["latency"].items():
+        if "onnxrep" not in lat:
+            continue
+        rep = lat["onnxrep"]["p50_ms"]
+        row["ratios"][threads] = {
+            f"onnxrep/{base}": rep / lat[base]["p50_ms"] for base in lat if base != "onnxrep"
+        }
+    ratio = row["paired"].get("1", {}).get("ratio")
+    row["acceptance"] = {
+        "ratio": ratio,
+        "max": args.max_ratio,
+        "ok": ratio is not None and ratio <= args.max_ratio,
+    }
+    return row
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def torch_reference(net: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """The shared input (``default_rng(0)``, N(0, 1), float32) and torch's eval-mode output."""
+    import numpy as np
+    import torch
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    net.eval()
+    with torch.no_grad():
+        reference = net(torch.from_numpy(x.copy())).numpy()
+    return x, reference
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _x(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The summary per network, then latency, structure/error and optimizer-time tables."""
+    rows = record["rows"]
+    threads = record["config"]["threads"]
+    lines: list[str] = []
+    nets = list(dict.fromkeys(r["net"] for r in rows))
+    lines += [
+        "#### Acceptance: p50(onnxrep) / p50(deploy), paired run, 1 thread, goal <= "
+        f"{record['config']['max_ratio']}",
+        "",
+        "| network | " + " | ".join(record["config"]["forms"]) + " | worst | ok |",
+        "|---|" + "---:|" * len(record["config"]["forms"]) + "---:|:-:|",
+    ]
+    for net in nets:
+        cells, worst = [], None
+        for form in record["config"]["forms"]:
+            row = next((r for r in rows if r["net"] == net and r["form"] == form), None)
+            ratio = row["acceptance"]["ratio"] if row else None
+            flag = "" if ratio is None or ratio <= record["config"]["max_ratio"] else " !"
+            cells.append(_x3(ratio) + flag)
+            if ratio is not None:
+                worst = ratio if worst is None else max(worst, ratio)
+        ok = worst is not None and worst <= record["config"]["max_ratio"]
+        lines.append(f"| {net} | " + " | ".join(cells) + f" | {_x3(worst)} | "
+                     f"{'yes' if ok else '**no**'} |")
+    lines.append("")
+
+    lines += [
+        "#### Paired runs (deploy and onnxrep alone, ABBA): p50 in ms, onnxrep/deploy with the "
+        "p10..p90 of its per-round ratios",
+        "",
+        "| network | form | " + " | ".join(
+            f"deploy {_tlabel(t)} | onnxrep {_tlabel(t)} | ratio {_tlabel(t)}" for t in threads)
+        + " |",
+        "|---|---|" + "---:|" * (3 * len(threads)),
+    ]
+    for r in rows:
+        cells = []
+        for t in threads:
+            p = r["paired"].get(str(t))
+            cells += ([_ms(p["deploy_p50_ms"]), _ms(p["onnxrep_p50_ms"]),
+                       f"{p['ratio']:.3f} ({p['ratio_p10']:.2f}..{p['ratio_p90']:.2f})"]
+                      if p else ["—"] * 3)
+        lines.append(f"| {r['net']} | {r['form']} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    for t in threads:
+        lines += [
+            f"#### Latency p50 in ms, {_tlabel(t)}, one six-way interleaved run",
+            "",
+            "| network | form | " + " | ".join(VARIANTS)
+            + " | rep/train | rep/ort | rep/deploy |",
+            "|---|---|" + "---:|" * (len(VARIANTS) + 3),
+        ]
+        for r in rows:
+            lat = r["latency"].get(str(t), {})
+            ratios = r["ratios"].get(str(t), {})
+            lines.append(
+                f"| {r['net']} | {r['form']} | "
+                + " | ".join(_ms(lat.get(v, {}).get("p50_ms")) for v in VARIANTS)
+                + f" | {_x(ratios.get('onnxrep/train'))} | {_x(ratios.get('onnxrep/ort'))}"
+                f" | {_x3(ratios.get('onnxrep/deploy'))} |"
+            )
+        lines.append("")
+
+    lines += [
+        "#### Nodes / Convs, and max abs error against torch (float32, eval mode)",
+        "",
+        "| network | form | " + " | ".join(VARIANTS) + " | err onnxrep | err deploy | err train |",
+        "|---|---|" + "---:|" * (len(VARIANTS) + 3),
+    ]
+    for r in rows:
+        v = r["variants"]
+        lines.append(
+            f"| {r['net']} | {r['form']} | "
+            + " | ".join(f"{v[k]['nodes']} / {v[k]['convs']}" if k in v else "—"
+                         for k in VARIANTS)
+            + " | " + " | ".join(_err(v.get(k, {}).get("max_abs_err"))
+                                 for k in ("onnxrep", "deploy", "train")) + " |"
+        )
+    lines.append("")
+
+    lines += [
+        "#### Optimizer wall time in ms (in memory, best of "
+        f"{record['config']['opt_repeats']}), and max abs error of the baselines",
+        "",
+        "| network | form | onnxsim | onnxslim | onnxrep | err ort | err onnxsim | err onnxslim |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        v = r["variants"]
+        lines.append(
+            f"| {r['net']} | {r['form']} | "
+            + " | ".join(_ms(1e3 * v[k]["optimize_s"]) if "optimize_s" in v.get(k, {}) else "—"
+                         for k in OPTIMIZERS)
+            + " | " + " | ".join(_err(v.get(k, {}).get("max_abs_err"))
+                                 for k in ("ort", "onnxsim", "onnxslim")) + " |"
+        )
+    errors = [(r["net"], r["form"], k, e) for r in rows for k, e in r["errors"].items()]
+    if errors:
+        lines += ["", "#### Failures", ""]
+        lines += [f"- {n} / {f} / {k}: {e}" for n, f, k, e in errors]
+    return "\n".join(lines) + "\n"
+
+
+def _tlabel(threads: int) -> str:
+    return "1 thread" if threads == 1 else ("all threads" if threads == 0
+                                            else f"{threads} threads")
+
+
+def _x3(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _err(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _common.use_root(argv)
+    from models.export import FORMS
+    from models.nets import NETWORKS
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--nets", type=_csv, default=list(NETWORKS),
+                        help="comma-separated networks (default: all)")
+    parser.add_argument("--forms", type=_csv, default=list(FORMS),
+                        help="comma-separated export forms (default: all)")
+    parser.add_argument("--runs", type=int, default=300, help="timed rounds per benchmark")
+    parser.add_argument("--warmup", type=int, default=30, help="warm-up rounds per benchmark")
+    parser.add_argument("--threads", type=lambda s: [int(t) for t in _csv(s)], default=[1, 0],
+                        help="intra-op thread counts to time (0: onnxruntime default)")
+    parser.add_argument("--opt-repeats", type=int, default=3,
+                        help="optimizer runs per model; the best wall time is kept")
+    parser.add_argument("--max-ratio", type=float, default=MAX_RATIO)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 20 runs, 3 warm-up, 1 optimizer run")
+    parser.add_argument("--out", help="keep the exported and optimized models in this folder")
+    parser.add_argument("--json", default="zoo.json", help="write the record here")
+    parser.add_argument("--markdown", help="also write the Markdown tables here")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks of failures")
+    parser.add_argument("--root", metavar="DIR",
+                        help="import onnxrep and models from DIR (a snapshot or patched copy "
+                        "of this checkout) instead of this checkout")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="print the tables of an earlier record; nothing is run")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        print(markdown(json.loads(Path(args.from_json).read_text())))
+        return 0
+    if args.quick:
+        args.runs, args.warmup, args.opt_repeats = 20, 3, 1
+    unknown = [n for n in args.nets if n not in NETWORKS] + [f for f in args.forms
+                                                              if f not in FORMS]
+    if unknown:
+        parser.error(f"unknown network(s)/form(s) {unknown}; networks {list(NETWORKS)}, "
+                     f"forms {list(FORMS)}")
+    if args.runs < 1 or args.warmup < 0 or args.opt_repeats < 1:
+        parser.error("--runs and --opt-repeats must be >= 1, --warmup >= 0")
+
+    import onnxrep
+    from onnxrep.verify import quiet_runtime_logs
+
+    quiet_runtime_logs()
+    record: dict[str, Any] = {
+        "machine": _common.machine(),
+        "versions": _common.versions(),
+        "command": "python benchmarks/zoo.py " + " ".join(sys.argv[1:] if argv is None
+                                                          else argv),
+        "package": str(Path(onnxrep.__file__).parent),
+        "config": {
+            "nets": args.nets, "forms": args.forms, "runs": args.runs, "warmup": args.warmup,
+            "threads": args.threads, "opt_repeats": args.opt_repeats,
+            "max_ratio": args.max_ratio, "level": "all", "error_level": "disable_all",
+        },
+        "rows": [],
+    }
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if args.out:
+            root = Path(args.out)
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxrep-zoo-")))
+        for name in args.nets:
+            spec = NETWORKS[name]
+            net = spec.factory()
+            x, reference = torch_reference(net, spec.input_shape)
+            for form in args.forms:
+                t0 = time.perf_counter()
+                row = run_model(name, form, net, spec.input_shape, x, reference, root, args)
+                row["seconds"] = time.perf_counter() - t0
+                record["rows"].append(row)
+                acc = row["acceptance"]
+                print(f"{name:>15} {form:<12} onnxrep/deploy {_x3(acc['ratio'])}"
+                      f"{'' if acc['ok'] else ' !'}  ({row['seconds']:.0f} s"
+                      f"{'; failures: ' + ', '.join(row['errors']) if row['errors'] else ''})",
+                      file=sys.stderr, flush=True)
+    record["seconds"] = time.perf_counter() - start
+    ratios = [r["acceptance"]["ratio"] for r in record["rows"]
+              if r["acceptance"]["ratio"] is not None]
+    record["summary"] = {
+        "worst_ratio": max(ratios) if ratios else None,
+        "above": [f"{r['net']}/{r['form']}" for r in record["rows"]
+                  if not r["acceptance"]["ok"]],
+    }
+    Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    text = markdown(record)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    print(text)
+    summary = record["summary"]
+    print(f"worst onnxrep/deploy (1 thread): {_x3(summary['worst_ratio'])}; above "
+          f"{args.max_ratio}: {', '.join(summary['above']) or 'none'}; "
+          f"{record['seconds']:.0f} s; record in {args.json}")
+    return 0 if not summary["above"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
