@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxrep.io import light_copy
@@ -58,7 +59,9 @@ def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     if not isinstance(tensor, gs.Constant):
         return None
     raw = tensor._values  # gs has no public read that leaves a lazily loaded tensor lazy
-    return raw.load() if isinstance(raw, LazyValues) else raw
+    if isinstance(raw, LazyValues):  # read-only, one copy of the bytes (gs's load makes two)
+        return numpy_helper.to_array(raw.tensor)
+    return raw
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:

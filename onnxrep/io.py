@@ -18,6 +18,7 @@ file was replaced, the previous data file is put back. New files get the permiss
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import tempfile
@@ -266,7 +267,7 @@ def _tensor_size(t: onnx.TensorProto) -> int:
     """Serialized size of ``t``; its raw bytes are counted from its shape, not copied."""
     if not t.HasField("raw_data") or t.data_type not in _ITEMSIZE:
         return t.ByteSize()
-    n = _ITEMSIZE[t.data_type] * int(np.prod(t.dims, dtype=np.int64))
+    n = _ITEMSIZE[t.data_type] * math.prod(t.dims)
     if n < _SMALL:
         return t.ByteSize()  # cheaper than rebuilding it field by field
     stub = onnx.TensorProto()

@@ -401,8 +401,15 @@ def _sum_placed(
 ) -> np.ndarray:
     """``Σ sign * _place(kernel, offset)``, accumulated in place in one array, in order (the
     same sums, without a zero-padded copy and a scaled copy of every branch)."""
-    out = np.zeros(shape)
-    for s, w, offset in parts:
+    first_sign, first, _ = parts[0]
+    if first.fresh and first.shape == tuple(shape):  # the widest branch holds the sum
+        out = first.value()
+        if first_sign != 1:
+            out *= first_sign
+        rest = parts[1:]
+    else:
+        out, rest = np.zeros(shape), parts
+    for s, w, offset in rest:
         taps = tuple(slice(o, o + k) for o, k in zip(offset, w.shape[2:], strict=True))
         view = out[(slice(None), slice(None), *taps)]
         view += w.value() if s == 1 else s * w.value()

@@ -207,8 +207,15 @@ def _shell(source: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> None:
+    """``values`` as a new raw-data initializer (one copy of the bytes, not three)."""
     t = g.initializer.add()
-    t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), name))
+    t.name = name
+    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    t.dims.extend(values.shape)
+    if values.dtype.kind in "fiub" and values.dtype.byteorder in "=<|":
+        t.raw_data = np.ascontiguousarray(values).tobytes()
+    else:  # strings, big-endian data: let onnx encode them
+        t.CopyFrom(numpy_helper.from_array(values, name))
 
 
 def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
