@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import stat
 import tempfile
@@ -96,9 +97,11 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
 def _parse(p: Path, size: int) -> onnx.ModelProto:
     """The ModelProto in ``p`` without its external data, or a one-line reason it is not one."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # onnx warns about its experimental text formats
-            return onnx.load_model(str(p), load_external_data=False)
+        if p.suffix.lower() in TEXT_SUFFIXES:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # onnx warns about its experimental text formats
+                return onnx.load_model(str(p), load_external_data=False)
+        return _parse_binary(p)
     except OSError as e:
         raise OnnxrepError(f"{p}: cannot read ({e.strerror or _one_line(e)})") from None
     except Exception as e:  # protobuf DecodeError, text/JSON ParseError, ValueError, ...
@@ -110,6 +113,23 @@ def _parse(p: Path, size: int) -> onnx.ModelProto:
         if _looks_like_text(p):
             raise OnnxrepError(f"{p}: is a text file, not an ONNX model") from None
         raise OnnxrepError(f"{p}: not an ONNX model (cannot parse: {_one_line(e)})") from None
+
+
+TEXT_SUFFIXES = (".json", ".onnxjson", ".onnxtext", ".onnxtxt", ".pbtxt", ".prototxt",
+                 ".textproto", ".txtpb")
+"""Suffixes onnx.load_model reads in one of onnx's text formats."""
+
+
+def _parse_binary(p: Path) -> onnx.ModelProto:
+    """Parse straight from a read-only memory map of the file: no copy of it in memory."""
+    model = onnx.ModelProto()
+    with (
+        open(p, "rb") as f,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+        memoryview(mapped) as view,
+    ):
+        model.ParseFromString(view)  # protobuf copies what it keeps
+    return model
 
 
 def _looks_like_text(p: Path) -> bool:
