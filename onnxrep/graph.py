@@ -28,7 +28,6 @@ __all__ = [
     "constant",
     "is_constant",
     "is_default_domain",
-    "producer",
     "release_overridable",
     "replace_uses",
     "shared_reason",
@@ -62,10 +61,6 @@ def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     if isinstance(raw, LazyValues):  # read-only, one copy of the bytes (gs's load makes two)
         return numpy_helper.to_array(raw.tensor)
     return raw
-
-
-def producer(tensor: gs.Tensor) -> gs.Node | None:
-    return tensor.inputs[0] if tensor.inputs else None
 
 
 def attributes(node: gs.Node, known: dict[str, object]) -> dict[str, object]:

@@ -169,12 +169,6 @@ class ChannelAffine:
         return ChannelAffine(rank, np.ones(1), np.zeros(1), (0,) * (2 * rank), channels)
 
     @property
-    def is_identity(self) -> bool:
-        return (
-            not any(self.pads) and bool(np.all(self.scale == 1)) and bool(np.all(self.shift == 0))
-        )
-
-    @property
     def strides(self) -> tuple[int, ...]:
         return (1,) * self.rank
 

@@ -90,9 +90,6 @@ class OptimizeResult:
     def applied_by_pattern(self) -> dict[str, int]:
         return dict(sorted(Counter(f.pattern for f in self.applied).items()))
 
-    def skipped_by_pattern(self) -> dict[str, int]:
-        return dict(sorted(Counter(s.pattern for s in self.skipped).items()))
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "applied": [asdict(f) for f in self.applied],
