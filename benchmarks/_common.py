@@ -8,6 +8,7 @@ dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -16,6 +17,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from importlib import metadata
@@ -139,6 +141,15 @@ def timed(
         "stdout": run.stdout.strip().splitlines()[-20:],
         "stderr": stderr[-8:],
     }
+
+
+def work_dir(stack: contextlib.ExitStack, folder: str | None, prefix: str) -> Path:
+    """``folder`` (created if needed), or a temporary folder removed when ``stack`` closes."""
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
 
 
 def repvgg_stack(channels: int, blocks: int, size: int = 8, seed: int = 0) -> Any:

@@ -33,7 +33,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -194,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                   "memory_vs_size": MEMORY_GOAL},
     }
     with contextlib.ExitStack() as stack:
-        if args.dir:
-            folder = Path(args.dir)
-            folder.mkdir(parents=True, exist_ok=True)
-        else:
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxrep-speed-")))
+        folder = _common.work_dir(stack, args.dir, "onnxrep-speed-")
         if not args.keep:
             stack.callback(_cleanup, folder)
         models = {"big": (args.channels, args.blocks)}

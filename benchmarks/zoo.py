@@ -51,7 +51,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -445,11 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        if args.out:
-            root = Path(args.out)
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxrep-zoo-")))
+        root = _common.work_dir(stack, args.out, "onnxrep-zoo-")
         for name in args.nets:
             spec = NETWORKS[name]
             net = spec.factory()
