@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxrep.errors import OnnxrepError
+from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.verify import load_inputs, make_feeds, session
 
 __all__ = ["BenchResult", "Timing", "benchmark", "round_order"]
@@ -158,5 +158,5 @@ def _run(sess: Any, feeds: dict[str, np.ndarray]) -> int:
     try:
         sess.run(None, feeds)
     except Exception as e:
-        raise OnnxrepError(f"onnxruntime failed to run: {str(e).splitlines()[0][:300]}") from None
+        raise OnnxrepError(f"onnxruntime failed to run: {one_line(e)}") from None
     return time.perf_counter_ns() - start

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxrep import __version__, io
-from onnxrep.errors import OnnxrepError
+from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.passes import FAMILIES
 from onnxrep.progress import Progress
 
@@ -385,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("onnxrep: error: out of memory", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # never a traceback: name the failure in one line
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        print(f"onnxrep: error: {type(e).__name__}: {text}", file=sys.stderr)
+        print(f"onnxrep: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

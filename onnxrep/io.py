@@ -32,7 +32,7 @@ import onnx
 from google.protobuf.message import EncodeError, Message
 from onnx import external_data_helper
 
-from onnxrep.errors import OnnxrepError
+from onnxrep.errors import OnnxrepError, one_line
 
 __all__ = [
     "MIN_OPSET",
@@ -81,16 +81,16 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
         external_data_helper.load_external_data_for_model(model, str(p.parent))
     except OSError as e:
         raise OnnxrepError(
-            f"{p}: cannot read its external data ({e.strerror or _one_line(e)})"
+            f"{p}: cannot read its external data ({e.strerror or one_line(e)})"
         ) from None
     except Exception as e:  # onnx raises ValidationError for locations outside the folder
-        raise OnnxrepError(f"{p}: cannot read its external data ({_one_line(e)})") from None
+        raise OnnxrepError(f"{p}: cannot read its external data ({one_line(e)})") from None
     if check:
         try:  # a large model is checked without its weight bytes (no serialized copy of them)
             onnx.checker.check_model(model if serialized_size(model) < CHECK_IN_FULL
                                      else light_copy(model))
         except Exception as e:
-            raise OnnxrepError(f"{p}: fails onnx.checker: {_one_line(e)}") from None
+            raise OnnxrepError(f"{p}: fails onnx.checker: {one_line(e)}") from None
     return model
 
 
@@ -103,7 +103,7 @@ def _parse(p: Path, size: int) -> onnx.ModelProto:
                 return onnx.load_model(str(p), load_external_data=False)
         return _parse_binary(p)
     except OSError as e:
-        raise OnnxrepError(f"{p}: cannot read ({e.strerror or _one_line(e)})") from None
+        raise OnnxrepError(f"{p}: cannot read ({e.strerror or one_line(e)})") from None
     except Exception as e:  # protobuf DecodeError, text/JSON ParseError, ValueError, ...
         if size > PROTOBUF_LIMIT:
             raise OnnxrepError(
@@ -112,7 +112,7 @@ def _parse(p: Path, size: int) -> onnx.ModelProto:
             ) from None
         if _looks_like_text(p):
             raise OnnxrepError(f"{p}: is a text file, not an ONNX model") from None
-        raise OnnxrepError(f"{p}: not an ONNX model (cannot parse: {_one_line(e)})") from None
+        raise OnnxrepError(f"{p}: not an ONNX model (cannot parse: {one_line(e)})") from None
 
 
 TEXT_SUFFIXES = (".json", ".onnxjson", ".onnxtext", ".onnxtxt", ".pbtxt", ".prototxt",
@@ -228,9 +228,9 @@ def save(
         temps.clear()
         _sync_folder(p.parent)
     except OSError as e:
-        raise OnnxrepError(f"{p}: cannot write ({e.strerror or _one_line(e)})") from None
+        raise OnnxrepError(f"{p}: cannot write ({e.strerror or one_line(e)})") from None
     except (ValueError, RuntimeError, EncodeError) as e:  # protobuf: too large to encode
-        raise OnnxrepError(f"{p}: cannot write ({_one_line(e)})") from None
+        raise OnnxrepError(f"{p}: cannot write ({one_line(e)})") from None
     finally:
         for t in (*temps, *([backup] if backup else [])):
             with contextlib.suppress(OSError):
@@ -479,9 +479,3 @@ def copy_field(dst: Message, name: str, value: object) -> None:
         target.CopyFrom(value)
     else:
         setattr(dst, name, value)
-
-
-def _one_line(e: BaseException) -> str:
-    """The exception's message on one line (whitespace runs collapsed), at most 300 chars."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

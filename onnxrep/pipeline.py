@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxrep import io
-from onnxrep.errors import OnnxrepError
+from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.graph import (
     Names,
     ShapeInfo,
@@ -279,9 +279,8 @@ def _check(model: onnx.ModelProto, original: onnx.ModelProto | None) -> None:
                 onnx.checker.check_model(original)
             except onnx.checker.ValidationError:
                 return  # the input already failed the checker the same way
-        first = str(e).strip().splitlines()[0]
         raise OnnxrepError(
-            f"internal error: the optimized model fails onnx.checker: {first}"
+            f"internal error: the optimized model fails onnx.checker: {one_line(e)}"
         ) from None
 
 

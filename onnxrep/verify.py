@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxrep import io
-from onnxrep.errors import OnnxrepError
+from onnxrep.errors import OnnxrepError, one_line
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -185,8 +185,7 @@ def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSes
                 return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises several unrelated types
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxrepError(f"onnxruntime cannot run {_label(model)}: {text[:300]}") from None
+        raise OnnxrepError(f"onnxruntime cannot run {_label(model)}: {one_line(e)}") from None
 
 
 def _label(model: ModelLike) -> str:
@@ -262,8 +261,7 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         with data:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OnnxrepError(f"{path}: cannot read inputs ({text[:300]})") from None
+        raise OnnxrepError(f"{path}: cannot read inputs ({one_line(e)})") from None
 
 
 def compare(
@@ -309,8 +307,7 @@ def compare(
             ra = sa.run(None, feeds)
             rb = sb.run(None, feeds)
         except Exception as e:
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OnnxrepError(f"onnxruntime failed to run: {text[:300]}") from None
+            raise OnnxrepError(f"onnxruntime failed to run: {one_line(e)}") from None
         for name, x, y in zip(names_a, ra, rb, strict=True):
             diff = _diff(name, np.asarray(x), np.asarray(y), atol, rtol)
             worst[name] = diff if name not in worst else _worse(worst[name], diff)
