@@ -9,9 +9,11 @@ rotation, model ``j`` nearly always follows model ``j - 1``). Every run is timed
 ``perf_counter_ns`` around ``session.run``. Reported per model: p50, p90, min and mean in
 milliseconds, and for every model after the first its speedup ``p50(first) / p50(model)``.
 ``BenchResult.speedup`` is that of the second model (the usual input → optimized pair), with
-the spread of its per-round ratios (their p10 and p90). The sessions run at the stated
-onnxruntime optimization level (``all`` by default, as deployed) with ``threads`` intra-op
-threads (0 lets onnxruntime choose).
+the spread of its per-round ratios (their p10 and p90) and a 95 % confidence interval of the
+speedup itself (a bootstrap over the rounds, each round keeping its pair of runs): the second
+model is *faster beyond the noise* only when that interval lies above 1. The sessions run at the
+stated onnxruntime optimization level (``all`` by default, as deployed) with ``threads``
+intra-op threads (0 lets onnxruntime choose).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import onnx
 from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.verify import load_inputs, make_feeds, session
 
-__all__ = ["BenchResult", "Timing", "benchmark", "round_order"]
+__all__ = ["BenchResult", "Timing", "benchmark", "ratio_interval", "round_order"]
 
 ModelLike = onnx.ModelProto | str | os.PathLike[str]
 
@@ -58,9 +60,31 @@ class BenchResult:
     speedup: float | None = None
     speedup_p10: float | None = None
     speedup_p90: float | None = None
+    speedup_low: float | None = None
+    speedup_high: float | None = None
+    """The 95 % confidence interval of ``speedup``."""
+
+    @property
+    def faster(self) -> bool | None:
+        """The second model is faster than the first beyond the measured noise."""
+        return None if self.speedup_low is None else self.speedup_low > 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "faster": self.faster}
+
+
+def ratio_interval(
+    a: np.ndarray, b: np.ndarray, level: float = 0.95, resamples: int = 2000
+) -> tuple[float, float]:
+    """A bootstrap confidence interval of ``median(a) / median(b)`` for paired samples (the
+    rounds are resampled, each keeping its pair), with a fixed seed so a result reproduces."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    rounds = rng.integers(0, len(a), size=(resamples, len(a)))
+    ratios = np.median(a[rounds], axis=1) / np.median(b[rounds], axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _timing(name: str, samples_ns: list[int], baseline_p50: float | None) -> Timing:
@@ -150,6 +174,8 @@ def benchmark(
         result.speedup = result.timings[1].speedup
         result.speedup_p10 = float(np.percentile(ratios, 10))
         result.speedup_p90 = float(np.percentile(ratios, 90))
+        result.speedup_low, result.speedup_high = ratio_interval(
+            np.asarray(samples[0]), np.asarray(samples[1]))
     return result
 
 

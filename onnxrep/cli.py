@@ -12,6 +12,7 @@ terminal, long steps show a status line on stderr (:mod:`onnxrep.progress`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import onnx
 
     from onnxrep.bench import BenchResult
+    from onnxrep.result import OptimizeResult
     from onnxrep.verify import CompareResult
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TOO_SLOW = 0, 1, 2, 3
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     _skip_option(opt)
     opt.add_argument("--explain", action="store_true",
                      help="list every fold and every skipped candidate with its reason")
+    _audit_option(opt)
     _parity_options(opt)
     _timing_options(opt)
     _feedback_options(opt)
@@ -81,11 +84,13 @@ def _parser() -> argparse.ArgumentParser:
               "Optimize MODEL in memory (nothing is written), check parity, then time input vs "
               "optimized. Exits 0 when parity holds and the speedup (p50 ratio) is at least "
               "--min-speedup, 1 when parity fails (timing is then skipped), 3 when the speedup "
-              "is below the bar.")
+              "is below the bar, or the bar is 1 or more and the optimized model is not faster "
+              "beyond the measured noise (the 95 % interval of the median ratio reaches 1).")
     chk.add_argument("input", metavar="MODEL", help="input .onnx model")
     chk.add_argument("--min-speedup", type=float, metavar="X",
                      help="fail (exit 3) when p50(input) / p50(optimized) < X (default: no bar)")
     _skip_option(chk)
+    _audit_option(chk)
     _parity_options(chk)
     _timing_options(chk)
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -123,6 +128,12 @@ def _skip_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="NAME",
                    choices=sorted(FAMILIES), help="pattern families to leave alone: "
                    + ", ".join(sorted(FAMILIES)))
+
+
+def _audit_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-audit", action="store_true",
+                   help="skip the fusion audit (which withdraws any fold that would split a "
+                   "kernel onnxruntime fuses in the input)")
 
 
 def _parity_options(p: argparse.ArgumentParser) -> None:
@@ -168,6 +179,10 @@ class _Console:
     def error(self, text: str) -> None:
         print(f"onnxrep: {text}", file=sys.stderr)
 
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            print(f"onnxrep: warning: {text}", file=sys.stderr)
+
     def load(self, path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
         try:
             size = f" ({_size(Path(path).stat().st_size)})"
@@ -207,7 +222,7 @@ def _optimize(args: argparse.Namespace) -> int:
     with ui.step("optimizing"):
         # without parity or timing the input is not needed again: let it become the output
         alone = not (args.verify or args.bench)
-        result = optimize(model, skip=args.skip, in_place=alone)
+        result = optimize(model, skip=args.skip, in_place=alone, audit=not args.no_audit)
         if alone:
             del model
     report = Report(str(src), str(dst), result)
@@ -221,6 +236,7 @@ def _optimize(args: argparse.Namespace) -> int:
     if args.bench:
         models = [model, result.model] + ([deploy] if deploy is not None else [])
         report.timing = _time(ui, args, models, ["input", "optimized", "deploy-form"])
+        report.warnings += _slow(report.timing, result)
     report.written = code == EXIT_OK or args.keep_on_mismatch
     if not report.written:
         report.output = None
@@ -238,6 +254,8 @@ def _optimize(args: argparse.Namespace) -> int:
         if staged is not None:
             staged.discard()
     ui.out(render_text(report, explain=args.explain or args.verbose))
+    for warning in report.warnings:
+        ui.warn(warning)
     if code == EXIT_MISMATCH:
         kept = "written anyway (--keep-on-mismatch)" if report.written else "not written"
         ui.error(f"outputs differ beyond tolerance; {dst} {kept}")
@@ -266,6 +284,25 @@ def _time(ui: _Console, args: argparse.Namespace, models: Sequence[object],
                          names=tuple(names), progress=tick)
 
 
+def _slow(timing: BenchResult, result: OptimizeResult | None,
+          models: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
+    """The warning for a second model that is not faster than the first, with its likely cause
+    (for two models onnxrep did not make, the fusion audit between them names it)."""
+    from onnxrep.report import not_faster
+
+    if timing.faster is not False:
+        return []
+    splits: list[str] = []
+    if result is None and len(models) >= 2:
+        from onnxrep.audit import AuditUnavailable, compare_models
+
+        with contextlib.suppress(AuditUnavailable):
+            splits = [x.kind for x in compare_models(io.load(models[0], check=False),
+                                                     io.load(models[1], check=False))]
+    warning = not_faster(timing, result, splits)
+    return [warning] if warning else []
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
@@ -285,7 +322,7 @@ def _check(args: argparse.Namespace) -> int:
         raise OnnxrepError("--min-speedup must be a positive number")
     model = ui.load(args.input)
     with ui.step("optimizing"):
-        result = optimize(model, skip=args.skip)
+        result = optimize(model, skip=args.skip, audit=not args.no_audit)
     report = Report(str(args.input), None, result)
     report.parity = parity = _verify(ui, args, model, result.model)
     if not parity.ok:
@@ -294,11 +331,17 @@ def _check(args: argparse.Namespace) -> int:
                           f"{', '.join(map(repr, bad))} (timing skipped)", bar)
     else:
         report.timing = timing = _time(ui, args, [model, result.model], ["input", "optimized"])
+        report.warnings += _slow(timing, result)
         speedup = timing.speedup or 0.0
         shown = _ratio(speedup, bar)
         if bar is not None and speedup < bar:
             verdict = Verdict(False, EXIT_TOO_SLOW,
                               f"speedup {shown} is below --min-speedup {bar:g}x", bar)
+        elif bar is not None and bar >= 1 and not timing.faster:
+            verdict = Verdict(False, EXIT_TOO_SLOW,
+                              f"speedup {shown} is not above 1 beyond the measured noise (95 % "
+                              f"interval {timing.speedup_low:.3f}x .. {timing.speedup_high:.3f}x)"
+                              f"; --min-speedup {bar:g}x asks for a faster model", bar)
         else:
             reached = f" >= {bar:g}x" if bar is not None else ""
             verdict = Verdict(True, EXIT_OK, f"parity ok, speedup {shown}{reached}", bar)
@@ -310,6 +353,8 @@ def _check(args: argparse.Namespace) -> int:
         ui.out(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         ui.out(render_text(report, explain=args.verbose))
+    for warning in report.warnings:
+        ui.warn(warning)
     if not verdict.ok:
         ui.error(f"check failed: {verdict.reason}")
     return verdict.code
@@ -357,14 +402,17 @@ def _bench(args: argparse.Namespace) -> int:
         name = Path(path).name
         names.append(name if name not in names else f"{name} ({len(names) + 1})")
     result = _time(ui, args, paths, names)
+    warnings = _slow(result, None, paths)
     if args.json:
-        ui.out(json.dumps(result.to_dict(), indent=2))
+        ui.out(json.dumps({**result.to_dict(), "warnings": warnings}, indent=2))
     else:
         lines = timing_lines(result)
         if ui.verbose:
             lines.append("    inputs     " + ", ".join(
                 f"{k} {'x'.join(map(str, v))}" for k, v in result.inputs.items()))
         ui.out("\n".join(line.strip() if i == 0 else line for i, line in enumerate(lines)))
+    for warning in warnings:
+        ui.warn(warning)
     return EXIT_OK
 
 

@@ -24,7 +24,7 @@ import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "save",
     "serialize_chunks",
     "serialized_size",
+    "small_or_not_float",
     "validate",
     "write_temp",
 ]
@@ -444,8 +445,20 @@ def _externalize(
     return shell, temp
 
 
-def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with large float initializers replaced by graph inputs of equal shape.
+def small_or_not_float(name: str, elem_type: int, elements: int) -> bool:
+    """Keep a tensor's values in a light copy: it is not a float tensor of over 64 elements."""
+    del name
+    return elem_type not in FLOAT_TYPES or elements <= 64
+
+
+InlinePredicate = Callable[[str, int, int], bool]
+"""``(name, element type, element count)`` → keep the tensor's values in a light copy."""
+
+
+def light_copy(
+    model: onnx.ModelProto, keep: InlinePredicate = small_or_not_float
+) -> onnx.ModelProto:
+    """The model with the initializers ``keep`` declines replaced by graph inputs of equal shape.
 
     Shape inference reads the values of small integer tensors (Reshape targets, Pad amounts) but
     only the shapes of weights, and the checker's structural rules hold for both, so this keeps
@@ -462,7 +475,7 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
             copy_field(g, descriptor.name, value)
     declared = {v.name for v in src.input}
     for t in src.initializer:
-        if t.data_type in FLOAT_TYPES and np.prod(t.dims, dtype=np.int64) > 64:
+        if not keep(t.name, t.data_type, int(np.prod(t.dims, dtype=np.int64))):
             if t.name not in declared:
                 g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
         else:

@@ -15,6 +15,7 @@ import gc
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxrep import io
+from onnxrep import idioms, io
 from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.graph import (
     Names,
@@ -46,6 +47,7 @@ def optimize(
     skip: Iterable[str] = (),
     max_rounds: int = 8,
     in_place: bool = False,
+    audit: bool = True,
 ) -> OptimizeResult:
     """Fold every exact re-parameterization in ``model`` (a ModelProto or a path).
 
@@ -53,10 +55,11 @@ def optimize(
     Returns an :class:`OptimizeResult` whose ``.model`` is a new ModelProto; a ModelProto given
     here is not modified unless ``in_place`` says the caller has no further use for it. Then,
     as for a model read from a path, the result is the same object rebuilt, and no second copy
-    of the weights is ever held.
+    of the weights is ever held. ``audit`` runs the fusion audit (:mod:`onnxrep.audit`), which
+    withdraws any fold that would split a kernel onnxruntime fuses in the input.
     """
     with _no_cyclic_gc():
-        return _optimize(model, skip, max_rounds, in_place)
+        return _optimize(model, skip, max_rounds, in_place, audit)
 
 
 @contextlib.contextmanager
@@ -77,6 +80,7 @@ def _optimize(
     skip: Iterable[str],
     max_rounds: int,
     in_place: bool,
+    audit: bool,
 ) -> OptimizeResult:
     start = time.perf_counter()
     from_path = isinstance(model, (str, Path, os.PathLike))
@@ -91,6 +95,59 @@ def _optimize(
     io.validate(original)
 
     before = ModelStats.of(original)
+    checker = _Auditor(original) if audit else None
+    protected: dict[str, str] = {}
+    while True:
+        run = _passes(original, skipped_families, max_rounds, protected)
+        if checker is None or not checker.withdraw(run, protected):
+            break
+
+    if not run.applied and not run.removed and not run.folded:
+        if owned:
+            result_model = original
+        else:
+            result_model = onnx.ModelProto()
+            result_model.CopyFrom(original)
+    else:
+        reference = None if owned else original
+        result_model = export(run.graph, original, in_place=owned)
+        del run.graph
+        _check(result_model, reference)
+    return OptimizeResult(
+        model=result_model,
+        applied=run.applied,
+        skipped=_unique(run.skipped),
+        before=before,
+        after=ModelStats.of(result_model),
+        seconds=time.perf_counter() - start,
+        rounds=run.rounds,
+        notes=[
+            *([f"canonicalized {run.removed} Identity/Constant node(s)"] if run.removed else []),
+            *([f"folded {run.folded} constant node(s)"] if run.folded else []),
+        ],
+        audit=checker.result if checker is not None else None,
+    )
+
+
+@dataclass
+class _Run:
+    """One pass of the pipeline over a fresh import of the model."""
+
+    graph: gs.Graph
+    applied: list[Fold]
+    skipped: list[Skip]
+    rounds: int
+    removed: int
+    folded: int
+    original: onnx.ModelProto
+
+
+def _passes(
+    original: onnx.ModelProto, skipped_families: frozenset[str], max_rounds: int,
+    protected: dict[str, str],
+) -> _Run:
+    """Import ``original``, canonicalize, fold constants, then run the passes to a fixpoint.
+    Nodes whose output is in ``protected`` (and every runtime idiom) are left alone."""
     graph = gs.import_onnx(original)
     release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
@@ -107,6 +164,10 @@ def _optimize(
                 break
             folded += count
             state.shapes = ShapeInfo.infer(skeleton(graph, original))  # folding exposes shapes
+    for idiom in idioms.find(graph):
+        for node in idiom.nodes:
+            state.protected[node.outputs[0].name] = idiom.reason
+    state.protected.update(protected)
 
     applied: list[Fold] = []
     skipped: list[Skip] = []
@@ -123,31 +184,62 @@ def _optimize(
         applied += folds_this_round
         if not folds_this_round:
             break
+    return _Run(graph, applied, skipped, rounds, removed, folded, original)
 
-    if not applied and not removed and not folded:
-        if owned:
-            result_model = original
-        else:
-            result_model = onnx.ModelProto()
-            result_model.CopyFrom(original)
-    else:
-        reference = None if owned else original
-        result_model = export(graph, original, in_place=owned)
-        del graph
-        _check(result_model, reference)
-    return OptimizeResult(
-        model=result_model,
-        applied=applied,
-        skipped=_unique(skipped),
-        before=before,
-        after=ModelStats.of(result_model),
-        seconds=time.perf_counter() - start,
-        rounds=rounds,
-        notes=[
-            *([f"canonicalized {removed} Identity/Constant node(s)"] if removed else []),
-            *([f"folded {folded} constant node(s)"] if folded else []),
-        ],
-    )
+
+class _Auditor:
+    """Runs the fusion audit (:mod:`onnxrep.audit`) and decides what to withdraw."""
+
+    MAX_ROUNDS = 3
+    """Reruns of the passes with more nodes kept out, before a loss is reported as remaining."""
+
+    def __init__(self, original: onnx.ModelProto) -> None:
+        from onnxrep import audit
+
+        self._audit = audit
+        self._pending = audit.Pending(original)
+        self.result = audit.AuditResult()
+        self._rounds = 0
+
+    def withdraw(self, run: _Run, protected: dict[str, str]) -> bool:
+        """Audit ``run``; when it splits fused kernels of the input, add their nodes to
+        ``protected`` and return True (the caller reruns the passes)."""
+        audit, result = self._audit, self.result
+        begin = time.perf_counter()
+        result.after = None
+        try:
+            before = self._pending.result()
+            result.before = before.counts()
+            if not run.applied:
+                return False
+            signatures = {
+                t.name: (n.op, tuple(x.name for x in n.inputs))
+                for n in run.graph.nodes for t in n.outputs
+            }
+            risky = audit.at_risk(before, signatures)
+            result.at_risk = len(risky)
+            if not risky:
+                return False
+            qdq = audit.qdq_inputs((n.op, (t.name for t in n.inputs)) for n in run.graph.nodes)
+            after = audit.inventory(skeleton(run.graph, run.original, audit.keep_predicate(qdq)))
+            result.after = after.counts()
+            losses = audit.splits(risky, after)
+        except audit.AuditUnavailable as e:
+            result.unavailable = str(e)
+            return False
+        finally:
+            result.seconds += time.perf_counter() - begin
+        new = {name for loss in losses for name in loss.nodes if name not in protected}
+        if not losses or not new or self._rounds >= self.MAX_ROUNDS:
+            result.remaining = losses
+            return False
+        self._rounds += 1
+        result.withdrawn += losses
+        for loss in losses:
+            reason = (f"keeps onnxruntime's fused {loss.kind} kernel intact (the fusion audit "
+                      f"found that folding it splits the kernel)")
+            protected.update(dict.fromkeys(loss.nodes, reason))
+        return True
 
 
 def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) -> onnx.ModelProto:
@@ -243,9 +335,12 @@ def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> No
         t.CopyFrom(numpy_helper.from_array(values, name))
 
 
-def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
-    """``graph`` as a ModelProto for shape inference: its nodes, small constants with their
-    values and large float weights as inputs of the same shape (nothing large is copied)."""
+def skeleton(
+    graph: gs.Graph, source: onnx.ModelProto, keep: io.InlinePredicate = io.small_or_not_float
+) -> onnx.ModelProto:
+    """``graph`` as a ModelProto for shape inference (or the fusion audit): its nodes, the
+    constants ``keep`` accepts with their values and the others as inputs of the same shape
+    (by default: large float weights, so nothing large is copied)."""
     model = _shell(source)
     g = model.graph
     g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
@@ -255,12 +350,11 @@ def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     for t in graph.tensors().values():
         if not isinstance(t, gs.Constant) or t.name in declared:
             continue
-        dtype = np.dtype(t.dtype)
-        if dtype.kind == "f" and int(np.prod(t.shape)) > 64:
-            elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
-        else:
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+        if keep(t.name, elem, int(np.prod(t.shape))):
             _append_initializer(g, t.name, constant(t))
+        else:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
     return model
 
 

@@ -17,8 +17,9 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ class Report:
     deploy_form: str | None = None
     deploy_stats: ModelStats | None = None
     check: Verdict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         from onnxrep import __version__
@@ -94,6 +96,7 @@ class Report:
             "timing": self.timing.to_dict() if self.timing else None,
             "deploy_form": deploy,
             "check": asdict(self.check) if self.check else None,
+            "warnings": list(self.warnings),
         }
 
 
@@ -126,6 +129,13 @@ def _ms(x: float) -> str:
     return f"{x:.3f} ms" if x < 100 else f"{x:.1f} ms"
 
 
+def _interval(t: BenchResult, lead: str = "") -> str:
+    """``95 % interval 1.21x .. 1.34x`` of the speedup, if measured."""
+    if t.speedup_low is None or t.speedup_high is None:
+        return ""
+    return f"{lead}95 % interval {t.speedup_low:.2f}x .. {t.speedup_high:.2f}x"
+
+
 def _threads(t: BenchResult) -> str:
     return "default threads" if t.threads == 0 else f"{t.threads} thread(s)"
 
@@ -150,6 +160,69 @@ def _verdict_word(v: Verdict) -> str:
     return "passed" if v.ok else "FAILED"
 
 
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in counts.items()) or "none"
+
+
+def audit_summary(r: OptimizeResult) -> str | None:
+    """One line on the fusion audit (None when it did not run)."""
+    a = r.audit
+    if a is None:
+        return None
+    if a.unavailable:
+        return f"not run: {a.unavailable}"
+    n = sum(a.before.values())
+    if not n:
+        return "onnxruntime fuses no kernel in the input"
+    text = f"onnxruntime fuses {n} kernel(s) in the input ({_kinds(a.before)})"
+    if a.withdrawn:
+        kinds = Counter(x.kind for x in a.withdrawn)
+        text += (f"; folds that split {len(a.withdrawn)} of them were withdrawn "
+                 f"({_kinds(dict(sorted(kinds.items())))})")
+    if a.remaining:
+        kinds = Counter(x.kind for x in a.remaining)
+        text += (f"; the output still splits {len(a.remaining)} "
+                 f"({_kinds(dict(sorted(kinds.items())))})")
+    elif a.at_risk:
+        text += f"; {a.at_risk} touched by folds, all still fused in the output"
+    else:
+        text += "; no fold touches one"
+    return text
+
+
+CHAIN_FAMILIES = frozenset({"conv-bn", "conv-affine", "gemm-bn", "convtranspose-bn"})
+
+
+def not_faster(t: BenchResult, r: OptimizeResult | None = None,
+               splits: Sequence[str] = ()) -> str | None:
+    """A warning when the second timed model is not faster than the first beyond the measured
+    noise, naming the likely cause (``splits``: fused kernels the second model runs in pieces,
+    for models onnxrep did not make); None when it is faster."""
+    if t.faster is not False or len(t.timings) < 2:
+        return None
+    a, b = t.timings[0].name, t.timings[1].name
+    text = (f"{b} is not faster than {a} beyond the measured noise (speedup {t.speedup:.3f}x, "
+            f"95 % interval {t.speedup_low:.3f}x .. {t.speedup_high:.3f}x)")
+    return f"{text}; likely cause: {_cause(r, splits)}"
+
+
+def _cause(r: OptimizeResult | None, splits: Sequence[str]) -> str:
+    remaining = list(splits) or ([x.kind for x in r.audit.remaining]
+                                 if r is not None and r.audit is not None else [])
+    if remaining:
+        kinds = dict(sorted(Counter(remaining).items()))
+        return (f"onnxruntime fuses fewer kernels: {len(remaining)} fused kernel(s) now run in "
+                f"pieces ({_kinds(kinds)})")
+    if r is None:
+        return "unknown (onnxruntime fuses the same kernels in both)"
+    if not r.applied:
+        return "nothing was folded (--explain says why each candidate was left)"
+    if {f.pattern for f in r.applied} <= CHAIN_FAMILIES:
+        return ("every fold was a BatchNormalization or a constant scale or shift after a layer, "
+                "which onnxruntime folds itself when it loads the model")
+    return "the folded blocks take a small share of the run time"
+
+
 # -- text ----------------------------------------------------------------------------------------
 
 
@@ -168,6 +241,9 @@ def render_text(report: Report, *, explain: bool = False) -> str:
     lines.append(f"  size       {_size(b.bytes)} -> {_size(a.bytes)}")
     by_pattern = ", ".join(f"{k} {v}" for k, v in r.applied_by_pattern().items())
     lines.append(f"  folds      {len(r.applied)}" + (f" ({by_pattern})" if by_pattern else ""))
+    audit = audit_summary(r)
+    if audit is not None:
+        lines.append(f"  fusions    {audit}")
     if r.skipped:
         hint = "" if explain else " (--explain lists them)"
         lines.append(f"  skipped    {len(r.skipped)} candidate(s){hint}")
@@ -184,6 +260,7 @@ def render_text(report: Report, *, explain: bool = False) -> str:
     if report.timing is not None:
         lines += timing_lines(report.timing)
     lines.append(f"  time       {r.seconds:.2f} s to optimize")
+    lines += [f"  warning    {w}" for w in report.warnings]
     return "\n".join(lines)
 
 
@@ -239,7 +316,7 @@ def timing_lines(t: BenchResult) -> list[str]:
     if t.speedup is not None:
         lines.append(
             f"    {'speedup':<{width}} {t.speedup:.2f}x (per-run ratio p10 {t.speedup_p10:.2f}x, "
-            f"p90 {t.speedup_p90:.2f}x)"
+            f"p90 {t.speedup_p90:.2f}x{_interval(t, '; ')})"
         )
     return lines
 
@@ -276,6 +353,9 @@ def render_markdown(report: Report, *, max_rows: int = 50) -> str:
     if report.check is not None:
         mark = "✅" if report.check.ok else "❌"
         out += [f"{mark} **check {_verdict_word(report.check)}**: {_md(report.check.reason)}", ""]
+    out += [f"⚠️ **warning**: {_md(w)}" for w in report.warnings]
+    if report.warnings:
+        out.append("")
 
     rows: list[list[object]] = [
         ["nodes", b.nodes, a.nodes, _change(b.nodes, a.nodes)],
@@ -290,6 +370,10 @@ def render_markdown(report: Report, *, max_rows: int = 50) -> str:
         rows.append(["parity", "", "ok" if p.ok else "**MISMATCH**",
                      f"{p.seeds} input set(s)"])
     out += _md_table(["", "before", "after", "change"], "lrrr", rows)
+
+    audit = audit_summary(r)
+    if audit is not None:
+        out += ["", f"**Fusion audit**: {_md(audit)}"]
 
     ops = _op_rows(r)
     if ops:
@@ -349,7 +433,8 @@ def render_markdown(report: Report, *, max_rows: int = 50) -> str:
               "" if x.speedup is None else f"{x.speedup:.2f}x"] for x in t.timings],
         )
         if t.speedup is not None:
-            out += ["", f"Per-run ratio p10 {t.speedup_p10:.2f}x, p90 {t.speedup_p90:.2f}x."]
+            out += ["", f"Per-run ratio p10 {t.speedup_p10:.2f}x, p90 {t.speedup_p90:.2f}x"
+                    f"{_interval(t, '; ')}."]
 
     out += ["", f"<sub>onnxrep {__version__}, optimized in {r.seconds:.2f} s</sub>", ""]
     return "\n".join(out)
@@ -549,6 +634,7 @@ def render_html(report: Report) -> str:
         cls = "ok" if report.check.ok else "bad"
         head.append(f'<p class="banner {cls}">Check {_e(_verdict_word(report.check))}: '
                     f"{_e(report.check.reason)}</p>")
+    head += [f'<p class="banner bad">Warning: {_e(w)}</p>' for w in report.warnings]
     head.append("</header>")
 
     cards = [
@@ -590,7 +676,8 @@ def render_html(report: Report) -> str:
                                 "lrrrrr"))
         if t.speedup is not None:
             body.append(f'<p class="note">Per-run ratio of the first two models: p10 '
-                        f"{t.speedup_p10:.2f}&times;, p90 {t.speedup_p90:.2f}&times;. Inputs: "
+                        f"{t.speedup_p10:.2f}&times;, p90 {t.speedup_p90:.2f}&times;"
+                        f"{_interval(t, '; ')}. Inputs: "
                         + _e(", ".join(f"{k} {'x'.join(map(str, v))}"
                                        for k, v in t.inputs.items())) + ".</p>")
     if report.deploy_form is not None:
@@ -642,6 +729,18 @@ def render_html(report: Report) -> str:
     else:
         body.append('<p class="note">Nothing was folded.</p>')
     body.append("</section>")
+
+    audit = audit_summary(r)
+    if audit is not None:
+        body.append(f'<section><h2>Fusion audit</h2><p class="note">{_e(audit)}.</p>')
+        if r.audit is not None and (r.audit.withdrawn or r.audit.remaining):
+            rows = [[_e(state), _e(x.kind), f"<code>{_e(', '.join(x.outputs))}</code>",
+                     _e(", ".join(x.split))]
+                    for state, losses in (("withdrawn", r.audit.withdrawn),
+                                          ("remaining", r.audit.remaining)) for x in losses]
+            body.append(_html_table(["", "fused kernel", "output", "would run in pieces"],
+                                    rows))
+        body.append("</section>")
 
     # skipped
     body.append(f"<section><h2>Skipped candidates ({len(r.skipped)})</h2>")

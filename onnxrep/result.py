@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from onnxrep.io import serialized_size
+
+if TYPE_CHECKING:
+    from onnxrep.audit import AuditResult
 
 __all__ = ["Fold", "ModelStats", "OptimizeResult", "Skip"]
 
@@ -82,6 +85,8 @@ class OptimizeResult:
     seconds: float = 0.0
     rounds: int = 0
     notes: list[str] = field(default_factory=list)
+    audit: AuditResult | None = None
+    """The fusion audit's findings (``None`` when it was not run)."""
 
     @property
     def changed(self) -> bool:
@@ -100,4 +105,5 @@ class OptimizeResult:
             "seconds": self.seconds,
             "rounds": self.rounds,
             "notes": list(self.notes),
+            "audit": self.audit.to_dict() if self.audit is not None else None,
         }

@@ -23,10 +23,11 @@ def optimized(
     skip: tuple[str, ...] = (),
     dtype: str = "float32",
     shapes: dict[str, list[int]] | None = None,
+    audit: bool = True,
 ) -> OptimizeResult:
     """Optimize ``model`` and assert: full checker, exact op counts, parity, input untouched."""
     before = model.SerializeToString()
-    result = onnxrep.optimize(model, skip=skip)
+    result = onnxrep.optimize(model, skip=skip, audit=audit)
     assert model.SerializeToString() == before, "the input model was modified"
     onnx.checker.check_model(result.model, full_check=True)
     if ops is not None:

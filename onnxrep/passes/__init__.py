@@ -9,7 +9,7 @@ applied and the candidates it skipped; the pipeline repeats the passes until not
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
@@ -55,6 +55,12 @@ class PassState:
     names: Names
     skip: frozenset[str]
     opset: int
+    protected: dict[str, str] = field(default_factory=dict)
+    """Output tensor name → why its producer must stay as it is (a runtime's fused idiom)."""
+
+    def guard(self, node: gs.Node) -> str | None:
+        """Why ``node`` may neither absorb nor be absorbed (``None`` when it may)."""
+        return self.protected.get(node.outputs[0].name) if node.outputs else None
 
 
 Pass = Callable[[gs.Graph, PassState], tuple[list[Fold], list[Skip]]]

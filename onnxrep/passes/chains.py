@@ -48,7 +48,11 @@ def fold_chains(
     shapes, names = state.shapes, state.names
 
     def shared(t: gs.Tensor) -> str | None:
-        return shared_reason(t, t.outputs[0], graph, state.pinned)
+        guard = state.guard(t.outputs[0])
+        if guard is not None:
+            return guard
+        why = shared_reason(t, t.outputs[0], graph, state.pinned)
+        return None if why is None else f"cannot fold through {why}"
 
     folds: list[Fold] = []
     skips: list[Skip] = []
@@ -60,6 +64,10 @@ def fold_chains(
         out = node.outputs[0] if len(node.outputs) == 1 else None
         if out is None or not out.outputs or not is_affine(out.outputs[0], out):
             continue  # nothing to fold into this layer: do not even read it
+        guard = state.guard(node)
+        if guard is not None:
+            skips.append(Skip(family, node.name, node.op, guard))
+            continue
         try:
             layer = parse(node, shapes)
         except Unsupported as e:

@@ -90,8 +90,10 @@ def affine_chain(
 ) -> tuple[list[gs.Node], np.ndarray, np.ndarray, str | None]:
     """Follow ``t`` through sole-reader BN / Mul / Add / Sub / Div-by-constant nodes.
 
-    Returns the nodes, the accumulated ``(scale, shift)`` with ``chain(y) = scale * y + shift``
-    per channel, and why the chain stopped at an affine node (``None`` if it did not).
+    ``shared(t)`` says why the chain may not continue into the reader of ``t`` (``None`` when
+    it may). Returns the nodes, the accumulated ``(scale, shift)`` with
+    ``chain(y) = scale * y + shift`` per channel, and why the chain stopped at an affine node
+    (``None`` if it did not).
     """
     nodes: list[gs.Node] = []
     scale, shift = np.ones(1), np.zeros(1)
@@ -101,7 +103,7 @@ def affine_chain(
             return nodes, scale, shift, None
         why = shared(t)
         if why is not None:
-            return nodes, scale, shift, f"cannot fold through {why}"
+            return nodes, scale, shift, why
         try:
             if reader.op == "BatchNormalization":
                 s, b, _ = batch_norm(reader)

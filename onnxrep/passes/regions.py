@@ -247,6 +247,11 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         for family, fn in RULES.get(node.op, []):
             if ctx.enabled(family):
                 found.extend(fn(node, ctx))
+        guard = state.guard(node)
+        if guard is not None:
+            if found:
+                ctx.note(node, _label(found[0]), guard)
+            continue
         if found and len(node.outputs) == 1:
             ctx.candidates[id(node.outputs[0])] = _dedupe(found)[:MAX_CANDIDATES]
 

@@ -1,0 +1,188 @@
+"""The fusion audit: onnxruntime's fused kernels of the input survive in the output.
+
+The audit needs no list of idioms: it reads the kernels onnxruntime makes of the input, and
+withdraws any fold that would make the output run one of them in pieces. These tests switch
+the idiom list off to show the audit alone catches a loss, and check the bookkeeping: light
+copies, kernels at risk, what is reported, the CLI switch, and the not-faster warning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxrep
+from onnxrep import audit, idioms
+from onnxrep.bench import BenchResult, Timing, ratio_interval
+from onnxrep.cli import EXIT_OK, EXIT_TOO_SLOW, main
+from onnxrep.report import not_faster
+from tests.builders import GraphBuilder, op_counts
+from tests.helpers import assert_equivalent
+from tests.idiomgraphs import conv_model, gelu_torchscript, gemm_model, layer_norm, qdq_model
+
+
+@pytest.fixture
+def no_idiom_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime fusion that no list names: the guard knows no idiom at all."""
+    monkeypatch.setattr(idioms, "find", lambda graph: [])
+
+
+def _kinds(model: onnx.ModelProto) -> dict[str, int]:
+    return audit.inventory(audit.view(model)).counts()
+
+
+def test_inventory_reads_fused_kernels_and_their_insides() -> None:
+    model = conv_model(gelu_torchscript)
+    inv = audit.inventory(audit.view(model))
+    (gelu,) = [k for k in inv.kernels if k.kind == "Gelu"]
+    ops = {n.output[0]: n.op_type for n in model.graph.node}
+    assert sorted(ops[t] for t in gelu.replaced) == ["Add", "Div", "Erf", "Mul", "Mul"]
+    assert sorted(ops[t] for t in gelu.internal) == ["Add", "Div", "Erf", "Mul"]
+    assert gelu.outputs[0] in gelu.replaced and gelu.outputs[0] not in gelu.internal
+
+
+def test_the_audit_catches_a_split_no_list_names(no_idiom_list: None) -> None:
+    model = conv_model(gelu_torchscript)
+    unaudited = onnxrep.optimize(model, audit=False)
+    assert _kinds(unaudited.model).get("Gelu", 0) == 0  # the fold splits the Gelu kernel
+    assert [x.kind for x in audit.compare_models(model, unaudited.model)] == ["Gelu"]
+
+    result = onnxrep.optimize(model)
+    assert _kinds(result.model)["Gelu"] == 1  # ... and the audit withdraws it
+    assert [x.kind for x in result.audit.withdrawn] == ["Gelu"]
+    assert result.audit.remaining == []
+    assert any("fusion audit" in s.reason and "Gelu" in s.reason for s in result.skipped)
+    assert op_counts(result.model)["Conv"] == 2
+    assert "BatchNormalization" not in op_counts(result.model)  # the other fold stays
+    assert_equivalent(model, result.model)
+    assert audit.compare_models(model, result.model) == []
+
+
+def test_the_audit_keeps_a_layer_norm_no_list_names(no_idiom_list: None) -> None:
+    """LayerNorm's scale and shift before a Gemm: the audit keeps them out of the Gemm."""
+    model = gemm_model(layer_norm)
+    result = onnxrep.optimize(model)
+    assert _kinds(result.model).get("LayerNormalization", 0) == _kinds(model)[
+        "LayerNormalization"]
+    assert audit.compare_models(model, result.model) == []
+
+
+def test_nothing_at_risk_costs_no_second_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the guard on, no fold touches the Gelu kernel: the output is not audited at all."""
+    calls = []
+    real = audit.inventory
+    monkeypatch.setattr(audit, "inventory", lambda m: calls.append(1) or real(m))
+    result = onnxrep.optimize(conv_model(gelu_torchscript))
+    assert result.audit.before["Gelu"] == 1 and result.audit.at_risk == 0
+    assert result.audit.after is None and len(calls) == 1  # the input's, in the background
+
+
+def test_audit_off_and_unavailable() -> None:
+    assert onnxrep.optimize(conv_model(gelu_torchscript), audit=False).audit is None
+    # onnxruntime has no float64 Conv kernel: the audit says so and the folds go ahead
+    model = conv_model(gelu_torchscript, dtype=np.float64)
+    result = onnxrep.optimize(model)
+    assert "onnxruntime cannot optimize it" in result.audit.unavailable
+    assert "BatchNormalization" not in op_counts(result.model)
+
+
+def test_light_copy_keeps_what_fusions_read() -> None:
+    b = GraphBuilder(seed=1)
+    x = b.input([1, 64, 8, 8])
+    y = b.conv(x, 64, 64, 3)
+    model = b.model([y])
+    copy = audit.view(model)
+    weights = [t for t in model.graph.initializer if len(t.dims) == 4]
+    assert weights[0].name in {i.name for i in copy.graph.input}  # the 64x64x3x3 weight
+    assert weights[0].name not in {t.name for t in copy.graph.initializer}
+    assert len(copy.SerializeToString()) < len(model.SerializeToString()) / 20
+    qdq = qdq_model()
+    scales = {n.input[1] for n in qdq.graph.node if n.op_type in audit.QDQ}
+    assert scales <= {t.name for t in audit.view(qdq).graph.initializer}
+
+
+def test_report_and_cli_switch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gelu.onnx"
+    onnx.save(conv_model(gelu_torchscript), path)
+    report = tmp_path / "r.json"
+    assert main(["optimize", str(path), "-o", str(tmp_path / "o.onnx"),
+                 "--report", str(report)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "fusions    onnxruntime fuses 1 kernel(s) in the input (Gelu 1)" in out
+    assert json.loads(report.read_text())["audit"]["before"] == {"Gelu": 1}
+    assert main(["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--no-audit",
+                 "--report", str(report)]) == EXIT_OK
+    assert "fusions" not in capsys.readouterr().out
+    assert json.loads(report.read_text())["audit"] is None
+
+
+# -- not faster than the input ---------------------------------------------------------------
+
+
+def _timing(ratio_low: float, ratio_high: float, speedup: float = 1.0) -> BenchResult:
+    return BenchResult(
+        [Timing("input", 1.0, 1.1, 0.9, 1.0, 50), Timing("optimized", 1.0, 1.1, 0.9, 1.0, 50,
+                                                          speedup)],
+        threads=1, level="all", warmup=10, runs=50, speedup=speedup, speedup_p10=0.9,
+        speedup_p90=1.1, speedup_low=ratio_low, speedup_high=ratio_high,
+    )
+
+
+def test_ratio_interval() -> None:
+    rng = np.random.default_rng(0)
+    b = 1 + 0.1 * rng.random(200)
+    assert ratio_interval(2 * b, b) == pytest.approx((2.0, 2.0))
+    low, high = ratio_interval(rng.permutation(b), b)  # equal medians, unpaired noise
+    assert low < 1 < high and high - low < 0.05
+
+
+def test_not_faster_names_the_likely_cause() -> None:
+    model = conv_model(gelu_torchscript)
+    result = onnxrep.optimize(model)
+    assert not_faster(_timing(1.05, 1.2, 1.1), result) is None
+    warning = not_faster(_timing(0.97, 1.03), result)
+    assert "not faster than input beyond the measured noise" in warning
+    assert "BatchNormalization" in warning  # only conv-bn folds: the runtime does them itself
+    warning = not_faster(_timing(0.97, 1.03), None, ["Gelu", "Gelu"])
+    assert "2 fused kernel(s) now run in pieces (Gelu 2)" in warning
+
+
+@pytest.mark.parametrize(("low", "bar", "code"), [
+    (0.98, 1.0, EXIT_TOO_SLOW), (1.01, 1.0, EXIT_OK), (0.98, None, EXIT_OK),
+    (0.98, 0.9, EXIT_OK),
+])
+def test_check_fails_a_model_not_faster_beyond_noise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    low: float, bar: float | None, code: int,
+) -> None:
+    import onnxrep.bench
+
+    monkeypatch.setattr(onnxrep.bench, "benchmark", lambda *a, **k: _timing(low, 1.1, 1.05))
+    path = tmp_path / "gelu.onnx"
+    onnx.save(conv_model(gelu_torchscript), path)
+    args = ["check", str(path), "--seeds", "1"] + (["--min-speedup", str(bar)] if bar else [])
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert ("warning: optimized is not faster" in err) == (low < 1)
+
+
+def test_bench_warns_with_the_split_kernels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    no_idiom_list: None,
+) -> None:
+    """``bench A B`` of two models onnxrep did not make: the audit between them names the
+    Gelu kernel B runs in pieces."""
+    import onnxrep.bench
+
+    model = conv_model(gelu_torchscript)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(model, a)
+    onnx.save(onnxrep.optimize(model, audit=False).model, b)
+    monkeypatch.setattr(onnxrep.bench, "benchmark", lambda *m, **k: _timing(0.9, 1.05))
+    assert main(["bench", str(a), str(b)]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "is not faster than" in err and "now run in pieces (Gelu 1)" in err
