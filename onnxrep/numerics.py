@@ -52,6 +52,8 @@ __all__ = [
     "identity_kernel",
     "macs",
     "pad",
+    "regroup",
+    "regroup_weight",
     "resolve_auto_pad",
     "to_conv",
 ]
@@ -244,18 +246,36 @@ def to_conv(m: Map, group: int, channels: int | None = None) -> ConvMap:
     return ConvMap(w, bias, (1,) * rank, (1,) * rank, m.pads, group, bias_mag=mag)
 
 
-def _dense(weight: np.ndarray, group: int) -> np.ndarray:
-    """The block-diagonal ``[Cout, Cin, *kernel]`` weight of a grouped conv's ``weight``."""
-    if group == 1:
+def regroup_weight(weight: np.ndarray, group: int, coarser: int) -> np.ndarray:
+    """The ``[Cout, Cin/coarser, *kernel]`` weight of a ``group``-grouped conv's ``weight``
+    written as a conv with ``coarser`` groups (``coarser`` divides ``group``;
+    shared/REPARAM.md §7): every fine group's block sits on the diagonal of its coarse group's
+    block, zeros elsewhere. ``coarser = 1`` gives the dense weight."""
+    if group == coarser:
         return weight
+    if group % coarser:
+        raise Inexact(f"{coarser} groups do not refine into {group}")
     cout, in_g = weight.shape[:2]
-    out_g = cout // group
-    dense = np.zeros((cout, in_g * group, *weight.shape[2:]))
+    out_g, per = cout // group, group // coarser
+    out = np.zeros((cout, in_g * per, *weight.shape[2:]))
     for g in range(group):
-        dense[g * out_g : (g + 1) * out_g, g * in_g : (g + 1) * in_g] = weight[
+        offset = (g % per) * in_g
+        out[g * out_g : (g + 1) * out_g, offset : offset + in_g] = weight[
             g * out_g : (g + 1) * out_g
         ]
-    return dense
+    return out
+
+
+def regroup(m: ConvMap, coarser: int) -> ConvMap:
+    """``m`` as the same map with ``coarser`` groups (a divisor of ``m.group``)."""
+    if m.group == coarser:
+        return m
+    if m.group % coarser:
+        raise Inexact(f"{coarser} groups do not refine into {m.group}")
+    parent, group = m.weight, m.group
+    shape = (m.cout, m.cin // coarser, *m.kernel)
+    return replace(m, weight=Lazy(shape, lambda: regroup_weight(parent.value(), group, coarser)),
+                   group=coarser)
 
 
 def _channelwise(m: ConvMap) -> bool:
@@ -411,10 +431,10 @@ def _sum_placed(
 
 
 def _common_group(maps: Sequence[Map]) -> int:
-    groups = {m.group for m in maps if isinstance(m, ConvMap)}
-    if len(groups) > 1:
-        raise Inexact(f"branches have different group counts {sorted(groups)}")
-    return groups.pop() if groups else 1
+    """The group count all maps can be written with: the gcd of the convs' groups (§7; a
+    per-channel map fits any)."""
+    groups = [m.group for m in maps if isinstance(m, ConvMap)]
+    return math.gcd(*groups) if groups else 1
 
 
 def _channel_count(maps: Sequence[Map], what: str) -> int | None:
@@ -452,7 +472,7 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
                 raise Inexact(f"identity branch needs equal in/out channels ({cin} != {cout})")
             if m.channels is not None and m.channels != cout:
                 raise Inexact("identity branch has a different channel count")
-    convs = [to_conv(m, group, cout) for m in maps]
+    convs = [regroup(to_conv(m, group, cout), group) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
     parents = [(s, m.weight, o) for s, m, o in zip(signs, convs, offsets, strict=True)]
     shape = (cout, convs[0].weight.shape[1], *kernel)
@@ -463,21 +483,22 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
 
 
 def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
-    """Maps of one input stacked along the output channels (shared/REPARAM.md §4)."""
+    """Maps of one input stacked along the output channels (shared/REPARAM.md §4).
+
+    The merged conv is dense: with ``g > 1`` groups its first output block would have to read
+    only the first input block, but the first map's channels read every block. Grouped maps
+    are written densely first (§7); the region's cost check decides whether that pays."""
     cins = {m.cin for m in maps if isinstance(m, ConvMap)}
     if not cins and channels is None:
         raise Inexact("the channel count of an identity branch is unknown")
     if len(cins) > 1:
         raise Inexact("concatenated branches read different channel counts")
     cin = cins.pop() if cins else channels
-    groups = {m.group for m in maps if isinstance(m, ConvMap)}
-    if groups - {1}:
-        raise Inexact(f"concat of grouped convolutions (groups {sorted(groups)})")
-    convs = [to_conv(m, 1, cin) for m in maps]
+    convs = [regroup(to_conv(m, 1, cin), 1) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
     parents = [(m.weight, o) for m, o in zip(convs, offsets, strict=True)]
     weight = Lazy(
-        (sum(m.cout for m in convs), cin, *kernel),
+        (sum(m.cout for m in convs), convs[0].cin, *kernel),
         lambda: np.concatenate([_place(w.value(), kernel, o) for w, o in parents]),
     )
     bias = np.concatenate([m.bias for m in convs])
@@ -518,7 +539,7 @@ def _contract_groups(inner: ConvMap, outer: ConvMap) -> tuple[Lazy, int]:
     def make() -> np.ndarray:
         a, b = a_w.value(), b_w.value()
         if g != inner.group or g != outer.group:  # different groups: contract densely
-            a, b = _dense(a, inner.group), _dense(b, outer.group)
+            a, b = regroup_weight(a, inner.group, 1), regroup_weight(b, outer.group, 1)
         a = a.reshape((g, a.shape[0] // g, *a.shape[1:]))
         b = b.reshape((g, b.shape[0] // g, *b.shape[1:]))
         if pointwise_inner:

@@ -109,12 +109,11 @@ def test_add_branches(name: str, group: int) -> None:
     np.testing.assert_allclose(run(merged, x), want, **TOL)
 
 
-def test_add_refuses_unequal_strides_dilations_groups_and_frames() -> None:
+def test_add_refuses_unequal_strides_dilations_and_frames() -> None:
     base = conv(8, 8, (3, 3), pads=(1, 1, 1, 1))
     cases = {
         "strides": conv(8, 8, (1, 1), strides=(2, 2)),
         "dilations": conv(8, 8, (3, 3), pads=(2, 2, 2, 2), dilations=(2, 2)),
-        "group": conv(8, 8, (1, 1), group=2),
         "output sizes": conv(8, 8, (1, 1), pads=(1, 1, 1, 1)),
     }
     for word, other in cases.items():
@@ -128,15 +127,60 @@ def test_add_refuses_unequal_strides_dilations_groups_and_frames() -> None:
         nx.add([conv(8, 4, (1, 1)), nx.ChannelAffine.identity(2)])
 
 
-@pytest.mark.parametrize("group", [1, 2])
-def test_concat(group: int) -> None:
+@pytest.mark.parametrize(("groups", "want_group"), [
+    ((1, 8, 1), 1),    # dense 3x3 + depthwise 3x3 + 1x1: one dense conv
+    ((4, 8, 2), 2),    # gcd(4, 8, 2)
+    ((8, 8, 8), 8),
+])
+def test_add_of_mixed_group_counts(groups: tuple[int, ...], want_group: int) -> None:
+    """A g-grouped kernel is block-diagonal in any g' dividing g (§7): the sum has gcd groups.
+    An identity and an average pool (depthwise) join as well."""
+    maps: list[nx.Map] = [
+        conv(8, 8, (3, 3), pads=(1, 1, 1, 1), group=groups[0]),
+        conv(8, 8, (3, 3), pads=(1, 1, 1, 1), group=groups[1]),
+        conv(8, 8, (1, 1), group=groups[2]),
+        nx.affine(nx.ChannelAffine.identity(2), RNG.random(8), RNG.random(8)),
+        nx.avg_pool(8, (3, 3), (1, 1), (1, 1, 1, 1)),
+    ]
+    merged = nx.add(maps)
+    assert isinstance(merged, nx.ConvMap) and merged.group == want_group
+    x = x_of(8, 6, 7)
+    np.testing.assert_allclose(run(merged, x), sum(run(m, x) for m in maps), **TOL)
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_regroup_is_the_same_map(group: int) -> None:
+    m = conv(8, 8, (3, 3), pads=(1, 1, 1, 1), group=group)
+    x = x_of(8, 5, 5)
+    for coarser in (1, group // 2, group):
+        np.testing.assert_allclose(run(nx.regroup(m, coarser), x), run(m, x), **TOL)
+    with pytest.raises(nx.Inexact, match="do not refine"):
+        nx.regroup(m, 3)
+
+
+def test_concat() -> None:
     maps = [conv(4, 6, (3, 3), pads=(1, 1, 1, 1)), conv(5, 6, (1, 1)), nx.ChannelAffine.identity(2)]
     x = x_of(6, 7, 7)
     merged = nx.concat(maps)
     want = np.concatenate([run(m, x) for m in maps], axis=1)
     np.testing.assert_allclose(run(merged, x), want, **TOL)
-    with pytest.raises(nx.Inexact, match="grouped"):
-        nx.concat([conv(4, 6, (1, 1), group=2), conv(4, 6, (1, 1))])
+
+
+@pytest.mark.parametrize(("maps", "want_group"), [
+    # two depthwise convs stacked read the wrong blocks as 8 groups: dense
+    (lambda: [conv(8, 8, (3, 3), pads=(1,) * 4, group=8), conv(8, 8, (1, 1), group=8)], 1),
+    # a grouped conv and a dense one: dense
+    (lambda: [conv(4, 6, (1, 1), group=2), conv(4, 6, (1, 1))], 1),
+    # two convs of 2 groups each
+    (lambda: [conv(4, 8, (1, 1), group=2), conv(4, 8, (3, 3), pads=(1,) * 4, group=2)], 1),
+])
+def test_concat_of_grouped_maps(maps, want_group: int) -> None:
+    ms = maps()
+    merged = nx.concat(ms)
+    x = x_of(ms[0].cin, 6, 6)
+    want = np.concatenate([run(m, x) for m in ms], axis=1)
+    np.testing.assert_allclose(run(merged, x), want, **TOL)
+    assert merged.group == want_group
 
 
 @pytest.mark.parametrize(

@@ -120,7 +120,6 @@ def test_branches_reading_different_tensors() -> None:
     ("a", "b", "word"),
     [
         (dict(k=3, dilation=2, pads=[2, 2, 2, 2]), dict(k=3), "dilations"),
-        (dict(k=3, group=2), dict(k=1, group=4), "group counts"),
         (dict(k=3, dilation=2, pads=[2, 2, 2, 2]), dict(k=3, dilation=2, pads=[1, 1, 3, 3]),
          "whole number"),
     ],
@@ -181,12 +180,40 @@ def test_identity_branch_needs_equal_channels() -> None:
 
 
 def test_merge_that_would_cost_more_is_refused() -> None:
-    """A dense 1x1 and a depthwise 3x3 could only merge densely: 9x the work of the 3x3."""
+    """A dense 1x1 and a depthwise 3x3 merge only densely: 9x the work of the 1x1."""
     g = GraphBuilder(seed=12)
     x = g.input([1, C, 8, 8])
     y = g.node("Add", [conv_bn(g, x, 3, group=C), conv_bn(g, x, 1)])
     r = optimized(end(g, y), {"Conv": 2, "Add": 1, "Relu": 1})
-    assert any("group counts" in s for s in reasons(r))
+    assert any("would cost" in s for s in reasons(r))
+
+
+@pytest.mark.parametrize(("a", "b", "group"), [
+    (dict(k=3, group=2), dict(k=1, group=4), 2),
+    (dict(k=3), dict(k=3, group=C), 1),  # a dense 3x3 absorbs a depthwise one
+    (dict(k=5, group=4), dict(k=3, group=C), 4),
+])
+def test_mixed_group_counts_merge(a: dict, b: dict, group: int) -> None:
+    """A kernel of g groups is block-diagonal in every g' dividing g: the sum has gcd groups."""
+    g = GraphBuilder(seed=13)
+    x = g.input([1, C, 9, 9])
+    ka, kb = a.pop("k"), b.pop("k")
+    y = g.node("Add", [conv_bn(g, x, ka, **a), conv_bn(g, x, kb, **b)])
+    r = optimized(end(g, y), {"Conv": 1, "Relu": 1})
+    (conv,) = [n for n in r.model.graph.node if n.op_type == "Conv"]
+    assert next(at.i for at in conv.attribute if at.name == "group") == group
+
+
+def test_qarepvgg_block_collapses() -> None:
+    """YOLOv6 v3's QARepVGGBlockV2: BN(dense 3x3-BN + bare 1x1 + x + AvgPool3x3(x)) → 1 Conv."""
+    g = GraphBuilder(seed=14)
+    x = g.input([1, C, 10, 10])
+    pool = g.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                  count_include_pad=1)
+    s = g.node("Add", [g.node("Add", [g.node("Add", [conv_bn(g, x, 3), g.conv(x, C, C, 1,
+                                                                         bias=False)]), x]), pool])
+    r = optimized(end(g, g.bn(s, C)), {"Conv": 1, "Relu": 1})
+    assert r.applied_by_pattern() == {"branches": 1}
 
 
 # ----------------------------------------------------------------------------------------------
