@@ -74,16 +74,17 @@ def attributes(node: gs.Node, known: dict[str, object]) -> dict[str, object]:
 
 
 def shared_reason(
-    t: gs.Tensor, reader: gs.Node, graph: gs.Graph, pinned: set[str]
+    t: gs.Tensor, reader: gs.Node | None, graph: gs.Graph, pinned: set[str]
 ) -> str | None:
     """Why ``reader`` may not absorb the computation of ``t`` (``None`` when it may): ``t``
-    is a graph output, is read inside a subgraph, or has other readers."""
+    is a graph output, is read inside a subgraph, or has other readers (not checked when
+    ``reader`` is None)."""
     if any(o is t for o in graph.outputs):
         return f"{t.name!r} is a graph output"
     if t.name in pinned:
         return f"{t.name!r} is read inside a subgraph"
     others = {id(n): n for n in t.outputs if n is not reader}
-    if others:
+    if reader is not None and others:
         return f"{t.name!r} also feeds " + ", ".join(repr(n.name or n.op) for n in others.values())
     return None
 

@@ -3,9 +3,15 @@
 Before → after: ``Add(BN(Conv3x3(x)), BN(Conv1x1(x)))`` and ``x + BN(x)`` and nested sums →
 ``Conv(x, ΣW_i placed in a common frame, Σb_i)``. Every operand is a candidate region; the
 sum exists for each source tensor that all operands can be expressed in. ``Sub`` negates its
-second operand. The frame rule, and the refusals (unequal strides, dilations, groups, channel
-counts; pads that are not a whole number of dilated taps apart; output sizes that differ) are
-in :func:`onnxrep.numerics.add`.
+second operand. Branches of different group counts merge with the gcd of their groups (§7).
+The frame rule, and the refusals (unequal strides or dilations, channel counts; pads that are
+not a whole number of dilated taps apart; output sizes that differ) are in
+:func:`onnxrep.numerics.add`.
+
+Sums of several sources: ``Conv_a(x) + Conv_b(x) + Conv_c(y)`` (a ``Sum``, or a tree of
+``Add``/``Sub`` whose inner nodes only feed it) → ``Conv_ab(x) + Conv_c(y)``: the terms are
+grouped by a source they share, each group of two or more (with a Conv among them) becomes
+one Conv when exact and no costlier, and one Add per remaining term rebuilds the sum.
 """
 
 from __future__ import annotations
@@ -13,7 +19,16 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.passes.regions import Candidate, RegionContext, join, rule
+from onnxrep.graph import is_default_domain
+from onnxrep.passes.regions import (
+    Candidate,
+    Partial,
+    RegionContext,
+    escape,
+    join,
+    partial_rule,
+    rule,
+)
 
 FAMILY = "branches"
 
@@ -48,3 +63,101 @@ def sum_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
             continue
         out.append(join(node, parts, merged, FAMILY))
     return out
+
+
+SUMS = ("Add", "Sub", "Sum")
+
+
+@partial_rule(FAMILY, *SUMS)
+def partial_sum_rule(node: gs.Node, ctx: RegionContext, absorbed: set[int]) -> Partial | None:
+    """Merge the terms of a sum that share a source, keeping one Add per other term."""
+    if not _plain_sum(node):
+        return None
+    terms: list[tuple[float, gs.Tensor]] = []
+    tree: list[gs.Node] = []
+    _flatten(node, 1.0, ctx, absorbed, terms, tree)
+    if len(terms) < 3:
+        return None  # two terms of different sources, or one the full merge already judged
+    options = [{id(c.source): c for c in ctx.regions_of(t)} for _, t in terms]
+    left = set(range(len(terms)))
+    groups: list[Candidate] = []
+    while True:
+        group = _best_group(node, terms, options, left, tuple(tree), ctx)
+        if group is None:
+            break
+        members, merged = group
+        groups.append(merged)
+        left -= members
+    if not groups:
+        return None
+    rest = tuple(terms[i] for i in sorted(left))
+    return Partial(tuple(groups), rest, tuple(tree))
+
+
+def _plain_sum(node: gs.Node) -> bool:
+    return (node.op in SUMS and is_default_domain(node) and not node.attrs
+            and (node.op == "Sum" or len(node.inputs) == 2)
+            and all(isinstance(t, gs.Variable) for t in node.inputs))
+
+
+def _flatten(node: gs.Node, sign: float, ctx: RegionContext, absorbed: set[int],
+             terms: list[tuple[float, gs.Tensor]], tree: list[gs.Node]) -> None:
+    """The signed terms of the sum tree under ``node``: inner sums that only feed it are
+    opened up (and listed in ``tree``)."""
+    tree.append(node)
+    signs = [1.0, -1.0] if node.op == "Sub" else [1.0] * len(node.inputs)
+    for t, s in zip(node.inputs, signs, strict=True):
+        inner = t.inputs[0] if t.inputs else None
+        if (inner is not None and _plain_sum(inner) and id(inner) not in absorbed
+                and len(t.outputs) == 1 and ctx.pinned_reason(t) is None
+                and ctx.guard(inner) is None and len(inner.outputs) == 1):
+            _flatten(inner, sign * s, ctx, absorbed, terms, tree)
+        else:
+            terms.append((sign * s, t))
+
+
+def _best_group(
+    root: gs.Node, terms: list[tuple[float, gs.Tensor]], options: list[dict[int, Candidate]],
+    left: set[int], tree: tuple[gs.Node, ...], ctx: RegionContext,
+) -> tuple[set[int], Candidate] | None:
+    """The largest set of remaining terms that share a source and merge into one Conv."""
+    by_source: dict[int, list[int]] = {}
+    for i in sorted(left):
+        for source in options[i]:
+            by_source.setdefault(source, []).append(i)
+    for source, members in sorted(by_source.items(), key=lambda kv: len(kv[1]), reverse=True):
+        if len(members) < 2:
+            break
+        parts = [options[i][source] for i in members]
+        if not any(n.op == "Conv" for p in parts for n in p.nodes):
+            continue
+        try:
+            merged = nx.add([p.map for p in parts], [terms[i][0] for i in members])
+        except nx.Inexact as e:
+            ctx.note(root, FAMILY, str(e))
+            continue
+        if not isinstance(merged, nx.ConvMap):
+            continue
+        group = _union(parts, merged)
+        if nx.macs(merged) > group.macs * (1 + 1e-9):
+            ctx.note(root, FAMILY, f"merging {len(members)} terms would cost "
+                     f"{nx.macs(merged):.4g} MACs per pixel instead of {group.macs:.4g}")
+            continue
+        why = escape(group, root, ctx, also=tree)
+        if why is not None:
+            ctx.note(root, FAMILY, f"cannot fold through {why}")
+            continue
+        return set(members), group
+    return None
+
+
+def _union(parts: list[Candidate], merged: nx.Map) -> Candidate:
+    """One candidate computing ``merged`` from the nodes of ``parts`` (shared ones once)."""
+    nodes: dict[int, tuple[gs.Node, float]] = {}
+    for p in parts:
+        nodes.update((id(n), (n, cost)) for n, cost in zip(p.nodes, p.costs, strict=True))
+    return Candidate(
+        parts[0].source, merged, tuple(n for n, _ in nodes.values()),
+        tuple(cost for _, cost in nodes.values()),
+        frozenset().union(*(p.families for p in parts)) | {FAMILY},
+    )

@@ -50,13 +50,18 @@ LABEL_ORDER = (
 
 @dataclass(frozen=True, eq=False)
 class Candidate:
-    """``map(source)``, computed by ``nodes`` at a cost of ``macs`` per source pixel."""
+    """``map(source)``, computed by ``nodes``; ``costs[i]`` is the multiply-accumulates of
+    ``nodes[i]`` per source pixel (a node reached along two paths is counted once)."""
 
     source: gs.Variable
     map: nx.Map
     nodes: tuple[gs.Node, ...] = ()
-    macs: float = 0.0
+    costs: tuple[float, ...] = ()
     families: frozenset[str] = frozenset()
+
+    @property
+    def macs(self) -> float:
+        return sum(self.costs)
 
     def then(self, node: gs.Node, new_map: nx.Map, family: str, macs: float = 0.0) -> Candidate:
         """This candidate extended by ``node``, whose output is ``new_map(source)``."""
@@ -65,9 +70,11 @@ class Candidate:
     def extend(
         self, nodes: list[gs.Node], new_map: nx.Map, family: str, macs: float = 0.0
     ) -> Candidate:
-        """This candidate extended by a chain of ``nodes`` whose last output is ``new_map``."""
+        """This candidate extended by a chain of ``nodes`` whose last output is ``new_map``
+        (``macs``: the cost of the last)."""
+        costs = (0.0,) * (len(nodes) - 1) + (macs,)
         return Candidate(
-            self.source, new_map, (*self.nodes, *nodes), self.macs + macs,
+            self.source, new_map, (*self.nodes, *nodes), (*self.costs, *costs),
             self.families | {family},
         )
 
@@ -75,14 +82,14 @@ class Candidate:
 def join(
     node: gs.Node, parts: list[Candidate], new_map: nx.Map, family: str
 ) -> Candidate:
-    """The candidate of ``node`` combining one candidate per input (sums, concats)."""
-    nodes: dict[int, gs.Node] = {}
+    """The candidate of ``node`` combining one candidate per input (sums, concats); nodes the
+    parts share (``Add(t, BN(t))``) are counted once."""
+    nodes: dict[int, tuple[gs.Node, float]] = {}
     for p in parts:
-        nodes.update((id(n), n) for n in p.nodes)
-    unique = {id(t): p for t, p in zip(node.inputs, parts, strict=True)}  # Add(t, t) costs once
+        nodes.update((id(n), (n, cost)) for n, cost in zip(p.nodes, p.costs, strict=True))
     return Candidate(
-        parts[0].source, new_map, (*nodes.values(), node),
-        sum(p.macs for p in unique.values()),
+        parts[0].source, new_map, (*(n for n, _ in nodes.values()), node),
+        (*(cost for _, cost in nodes.values()), 0.0),
         frozenset().union(*(p.families for p in parts)) | {family},
     )
 
@@ -102,6 +109,35 @@ def rule(family: str, *ops: str) -> Callable[[Rule], Rule]:
     return register
 
 
+@dataclass(frozen=True, eq=False)
+class Partial:
+    """A root that stays, rebuilt around merged parts: ``Σ groups + Σ sign * rest``.
+
+    Each group is a candidate (its map already holds the signs of its terms) that becomes one
+    Conv; ``rest`` keeps the other terms as they are; ``tree`` are the nodes the rebuilt sum
+    replaces (the root among them)."""
+
+    groups: tuple[Candidate, ...]
+    rest: tuple[tuple[float, gs.Tensor], ...]
+    tree: tuple[gs.Node, ...]
+
+
+PartialRule = Callable[[gs.Node, "RegionContext", set[int]], "Partial | None"]
+PARTIAL_RULES: dict[str, list[tuple[str, PartialRule]]] = {}
+
+
+def partial_rule(family: str, *ops: str) -> Callable[[PartialRule], PartialRule]:
+    """Register ``fn`` to rebuild a root of ``ops`` no single Conv can replace (it receives the
+    ids of nodes already absorbed)."""
+
+    def register(fn: PartialRule) -> PartialRule:
+        for op in ops:
+            PARTIAL_RULES.setdefault(op, []).append((family, fn))
+        return fn
+
+    return register
+
+
 @dataclass
 class RegionContext:
     """What rules may ask while the pass walks the graph."""
@@ -111,12 +147,17 @@ class RegionContext:
     pinned: set[str]
     skip: frozenset[str] = frozenset()
     opset: int = 17
+    protected: dict[str, str] = field(default_factory=dict)
     candidates: dict[int, list[Candidate]] = field(default_factory=dict)
     opaque: dict[int, str] = field(default_factory=dict)
     notes: list[tuple[gs.Node, str, str]] = field(default_factory=list)
 
     def enabled(self, family: str) -> bool:
         return family not in self.skip
+
+    def guard(self, node: gs.Node) -> str | None:
+        """Why ``node`` must stay as it is (a runtime's fused idiom), or None."""
+        return self.protected.get(node.outputs[0].name) if node.outputs else None
 
     def note(self, node: gs.Node, family: str, reason: str) -> None:
         """Record why ``node`` was not folded (shown under ``--explain`` if it survives)."""
@@ -126,6 +167,17 @@ class RegionContext:
         """Why ``reader`` may not absorb the computation of ``t`` (None when it may)."""
         return shared_reason(t, reader, self.graph, self.pinned)
 
+    def regions_of(self, t: gs.Tensor) -> list[Candidate]:
+        """``t`` itself and, unless it is pinned, the regions that compute it."""
+        own = self.identity(t)
+        upstream = self.candidates.get(id(t), []) if self.pinned_reason(t) is None else []
+        return [own, *upstream] if own else list(upstream)
+
+    def pinned_reason(self, t: gs.Tensor) -> str | None:
+        """Why no region may absorb the computation of ``t`` whatever reads it (a graph output,
+        or read inside a subgraph); other readers are checked when a region is chosen."""
+        return shared_reason(t, None, self.graph, self.pinned)
+
     def identity(self, t: gs.Tensor) -> Candidate | None:
         rank = self.shapes.rank(t.name)
         if rank is None or rank < 3:
@@ -134,18 +186,20 @@ class RegionContext:
         return Candidate(t, nx.ChannelAffine.identity(rank - 2, channels))
 
     def operands(self, node: gs.Node, index: int, family: str) -> list[Candidate]:
-        """Candidates ``node`` may use for its input ``index``: its identity, and, if ``node``
-        is the tensor's only reader, the regions that compute it."""
+        """Candidates ``node`` may use for its input ``index``: its identity, and the regions
+        that compute it unless it is pinned. A region whose inside is read from outside is
+        weeded out when roots choose (every reader of an absorbed tensor must be absorbed
+        by the same rewrite)."""
         t = node.inputs[index]
         if not isinstance(t, gs.Variable):
             return []
         own = self.identity(t)
         upstream = self.candidates.get(id(t), [])
         if upstream:
-            shared = self.shared_reason(t, node)
-            if shared is None:
+            pinned = self.pinned_reason(t)
+            if pinned is None:
                 return [own, *upstream] if own else list(upstream)
-            self.note(node, family, f"cannot fold through {shared}")
+            self.note(node, family, f"cannot fold through {pinned}")
         elif id(t) in self.opaque:
             self.note(node, family, f"cannot fold: {self.opaque[id(t)]}")
         if own is None:
@@ -229,7 +283,7 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         ctx.opaque[id(node.outputs[0])] = str(e)
         return []
     x = node.inputs[0]
-    return [Candidate(x, m, (node,), conv_macs(m), frozenset({"core"}))]
+    return [Candidate(x, m, (node,), (conv_macs(m),), frozenset({"core"}))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +292,8 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
 
 def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
     """Run the rules over ``graph`` and rewrite every profitable, exact region as one Conv."""
-    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip, state.opset)
+    ctx = RegionContext(graph, state.shapes, state.pinned, state.skip, state.opset,
+                        state.protected)
     names = state.names
     for node in graph.nodes:
         if not is_default_domain(node):
@@ -247,7 +302,7 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         for family, fn in RULES.get(node.op, []):
             if ctx.enabled(family):
                 found.extend(fn(node, ctx))
-        guard = state.guard(node)
+        guard = ctx.guard(node)
         if guard is not None:
             if found:
                 ctx.note(node, _label(found[0]), guard)
@@ -258,35 +313,41 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
     folds: list[Fold] = []
     absorbed: dict[int, gs.Node] = {}
     needed: set[int] = set()
-    replacements: dict[int, tuple[gs.Node, gs.Tensor]] = {}
+    replacements: dict[int, tuple[list[gs.Node], gs.Tensor]] = {}
     outputs = {id(t) for t in graph.outputs}
     for node in reversed(graph.nodes):
         if id(node) in absorbed or len(node.outputs) != 1:
             continue
         t = node.outputs[0]
         candidates = ctx.candidates.get(id(t))
-        if not candidates:
-            continue
         root = (
             t.name in ctx.pinned or id(t) in outputs or id(t) in needed
             or any(id(c) not in absorbed for c in t.outputs)
         )
-        if not root:
+        if not root or ctx.guard(node) is not None:
             continue
-        best = _choose(candidates, absorbed, node, ctx)
+        best = _choose(candidates, absorbed, node, ctx) if candidates else None
         if best is None:
+            partial = _partial(node, ctx, set(absorbed))
+            if partial is not None:
+                news = _emit_partial(t, partial, names, ctx)
+                if news is not None:
+                    replacements[id(node)] = (news, t)
+                    folds.append(_partial_record(t, partial))
+                    for n in (*partial.tree, *(n for c in partial.groups for n in c.nodes)):
+                        absorbed[id(n)] = n
+                    needed.update(id(c.source) for c in partial.groups)
+                    needed.update(id(x) for _, x in partial.rest)
             continue
         assert isinstance(best.map, nx.ConvMap)
-        weights, dtype = best.map.weights(), _dtype(best)  # the one kernel ever materialized
-        if not (_fits(weights, dtype) and _fits(best.map.bias, dtype)):
-            ctx.note(node, _label(best), f"the folded weights of {len(best.nodes)} nodes "
-                     f"overflow {dtype}")
+        weights = _weights(best, node, ctx)
+        if weights is None:
             continue
-        new = _emit(t, best, weights.astype(dtype), names)
+        new = _emit(t, best, weights, names)
         folds.append(_fold_record(t, best))
         for n in best.nodes:
             absorbed[id(n)] = n
-        replacements[id(node)] = (new, t)
+        replacements[id(node)] = ([new], t)
         needed.add(id(best.source))
 
     if replacements:
@@ -294,12 +355,12 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
             n.inputs.clear()
             n.outputs.clear()
         graph.nodes = [
-            replacements[id(n)][0] if id(n) in replacements else n
-            for n in graph.nodes
+            new for n in graph.nodes
             if id(n) not in absorbed or id(n) in replacements
+            for new in (replacements[id(n)][0] if id(n) in replacements else [n])
         ]
-        for new, t in replacements.values():
-            new.outputs.append(t)
+        for news, t in replacements.values():
+            news[-1].outputs.append(t)
     folds.reverse()  # roots were found last to first
     skips = [
         Skip(family, n.name, n.op, reason)
@@ -307,6 +368,62 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         if id(n) not in absorbed
     ]
     return folds, skips
+
+
+def _partial(node: gs.Node, ctx: RegionContext, absorbed: set[int]) -> Partial | None:
+    for family, fn in PARTIAL_RULES.get(node.op, []):
+        if ctx.enabled(family):
+            found = fn(node, ctx, absorbed)
+            if found is not None:
+                return found
+    return None
+
+
+def _weights(c: Candidate, root: gs.Node, ctx: RegionContext) -> np.ndarray | None:
+    """The kernel of ``c`` in the model's dtype (the one time it is materialized), or None
+    with a note when it does not fit that dtype."""
+    assert isinstance(c.map, nx.ConvMap)
+    weights, dtype = c.map.weights(), _dtype(c)
+    if not (_fits(weights, dtype) and _fits(c.map.bias, dtype)):
+        ctx.note(root, _label(c), f"the folded weights of {len(c.nodes)} nodes overflow {dtype}")
+        return None
+    return weights.astype(dtype)
+
+
+def _emit_partial(
+    t: gs.Tensor, p: Partial, names: Names, ctx: RegionContext
+) -> list[gs.Node] | None:
+    """One Conv per group, then the sum of their outputs and the rest, written to ``t``."""
+    root = p.tree[0]
+    nodes: list[gs.Node] = []
+    terms: list[tuple[float, gs.Tensor]] = []
+    for c in p.groups:
+        weights = _weights(c, root, ctx)
+        if weights is None:
+            return None
+        conv = _emit(t, c, weights, names)
+        out = gs.Variable(names.fresh(f"{conv.name or t.name}.out"), dtype=weights.dtype)
+        conv.outputs.append(out)
+        nodes.append(conv)
+        terms.append((1.0, out))
+    terms += sorted(p.rest, key=lambda term: term[0] < 0)  # positive terms first
+    sign, acc = terms[0]
+    if sign < 0:
+        acc = _node("Neg", [acc], names, root, nodes)
+    for sign, term in terms[1:]:
+        acc = _node("Add" if sign > 0 else "Sub", [acc, term], names, root, nodes)
+    last = nodes[-1]
+    last.outputs.clear()  # the last node writes the root's tensor
+    last.name = root.name or last.name
+    return nodes
+
+
+def _node(op: str, inputs: list[gs.Tensor], names: Names, root: gs.Node,
+          nodes: list[gs.Node]) -> gs.Variable:
+    out = gs.Variable(names.fresh(f"{root.name or op}.{op.lower()}"), dtype=inputs[0].dtype)
+    nodes.append(gs.Node(op, names.fresh(f"{root.name or op}.{op}"), inputs=inputs,
+                         outputs=[out]))
+    return out
 
 
 def _dedupe(found: list[Candidate]) -> list[Candidate]:
@@ -323,19 +440,27 @@ def _choose(
     candidates: list[Candidate], absorbed: dict[int, gs.Node], root: gs.Node,
     ctx: RegionContext,
 ) -> Candidate | None:
-    """The candidate absorbing most nodes that includes a Conv and costs no more."""
+    """The candidate absorbing most nodes that includes a Conv, keeps every tensor it absorbs
+    to itself, and costs no more."""
     best: Candidate | None = None
     costly: Candidate | None = None
+    escaping: tuple[Candidate, str] | None = None
     for c in candidates:
         if len(c.nodes) < 2 or not isinstance(c.map, nx.ConvMap):
             continue
         if not any(n.op == "Conv" for n in c.nodes) or any(id(n) in absorbed for n in c.nodes):
+            continue
+        why = escape(c, root, ctx)
+        if why is not None:
+            escaping = escaping or (c, why)
             continue
         if nx.macs(c.map) > c.macs * (1 + 1e-9):
             costly = costly or c
             continue
         if best is None or len(c.nodes) > len(best.nodes):
             best = c
+    if escaping is not None and (best is None or len(best.nodes) < len(escaping[0].nodes)):
+        ctx.note(root, _label(escaping[0]), f"cannot fold through {escaping[1]}")
     if best is None and costly is not None:
         ctx.note(
             root, _label(costly),
@@ -343,6 +468,25 @@ def _choose(
             f"MACs per pixel instead of {costly.macs:.4g}",
         )
     return best
+
+
+def escape(c: Candidate, root: gs.Node, ctx: RegionContext,
+            also: tuple[gs.Node, ...] = ()) -> str | None:
+    """Why a tensor computed inside ``c`` is needed outside it and ``also`` (None when none
+    is)."""
+    inside = {id(n) for n in (*c.nodes, *also)}
+    for n in c.nodes:
+        if n is root:
+            continue
+        for t in n.outputs:
+            pinned = ctx.pinned_reason(t)
+            if pinned is not None:
+                return pinned
+            outside = {id(r): r for r in t.outputs if id(r) not in inside}
+            if outside:
+                return f"{t.name!r} also feeds " + ", ".join(
+                    repr(r.name or r.op) for r in outside.values())
+    return None
 
 
 def _main_conv(c: Candidate) -> gs.Node:
@@ -384,6 +528,21 @@ def _emit(t: gs.Tensor, c: Candidate, weights: np.ndarray, names: Names) -> gs.N
         attrs["auto_pad"] = m.auto_pad
     attrs["strides"] = list(m.strides)
     return gs.Node("Conv", main.name, attrs, inputs=[c.source, weight, bias])
+
+
+def _partial_record(t: gs.Tensor, p: Partial) -> Fold:
+    nodes = {id(n): n for c in p.groups for n in c.nodes}
+    nodes.update((id(n), n) for n in p.tree)
+    convs = ", ".join(f"Conv {'x'.join(map(str, c.map.kernel))}" for c in p.groups
+                      if isinstance(c.map, nx.ConvMap))
+    adds = len(p.groups) + len(p.rest) - 1
+    return Fold(
+        pattern="branches",
+        output=t.name,
+        nodes=[n.name for n in nodes.values()],
+        ops=dict(Counter(n.op for n in nodes.values())),
+        result=f"{convs} and {adds} Add/Sub" if adds else convs,
+    )
 
 
 def _fold_record(t: gs.Tensor, c: Candidate) -> Fold:
