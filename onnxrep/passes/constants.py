@@ -9,13 +9,24 @@ node whose inputs are constants or static shapes by its value, repeating while t
 more. The one rewrite of its own is ``CastLike(x, like)`` → ``Cast(x, to=dtype(like))`` where
 shape inference knows that dtype, which makes ``CastLike`` of a constant foldable.
 
-Left alone: subgraphs (If/Loop/Scan bodies), nodes outside the default domain, and values over
-``SIZE_LIMIT`` bytes (an ``Expand`` to a large shape stays a run-time op instead of bloating
-the file). It runs only where something is foldable.
+Size rule: a fold must not grow the model. A node whose result is larger than ``SIZE_LIMIT``
+and larger than all it reads (an ``Expand``, ``Tile`` or ``ConstantOfShape`` to a large shape,
+a broadcasting product) stays a run-time op instead of bloating the file, unless its result is
+a layer's weight: everything that computes a Conv, ConvTranspose or Gemm weight or bias, a
+MatMul operand or a normalization's parameters (OREPA-style blocks build their kernels from
+parameters in ``forward``: Einsum, Pad, convolutions of kernels, scaled sums) is folded
+whatever its size, since the model stores that weight anyway and its generating graph goes.
+A result whose size shape inference cannot tell is folded only if its op is no generator.
+
+Left alone as well: subgraphs (If/Loop/Scan bodies) and nodes outside the default domain. It
+runs only where something is foldable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -25,6 +36,14 @@ from onnxrep.graph import ShapeInfo, is_constant, is_default_domain
 FAMILY = "constants"
 SIZE_LIMIT = 1 << 22
 MAX_ROUNDS = 4
+GENERATORS = ("Expand", "Tile", "ConstantOfShape", "Range", "Resize", "Upsample", "OneHot")
+"""Ops whose result may be far larger than their inputs."""
+WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2, 3, 4), "LayerNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
+}
+"""Inputs of layers that hold weights (when they are constants)."""
 
 
 def _foldable(graph: gs.Graph, shapes: ShapeInfo) -> bool:
@@ -42,14 +61,50 @@ def _foldable(graph: gs.Graph, shapes: ShapeInfo) -> bool:
     return False
 
 
-def _foldable_left(graph: gs.Graph) -> int:
+def _foldable_left(graph: gs.Graph, exclude: Callable[[gs.Node], bool]) -> int:
     """Nodes that read only constants (what a complete fold leaves none of)."""
     return sum(
         1 for n in graph.nodes
-        if is_default_domain(n) and not _has_subgraph(n) and n.inputs and n.outputs
+        if not exclude(n) and n.inputs and n.outputs
         and all(is_constant(t) or not t.name for t in n.inputs)
         and any(t.outputs for t in n.outputs)
     )
+
+
+def _weight_makers(graph: gs.Graph) -> set[str]:
+    """The tensors computed on the way to a layer's weight slot (by name: gs asks about the
+    nodes of a copy of the graph)."""
+    makers: set[str] = set()
+    stack = [node.inputs[i] for node in graph.nodes for i in WEIGHT_SLOTS.get(node.op, ())
+             if i < len(node.inputs)]
+    while stack:
+        t = stack.pop()
+        if t.name in makers or not t.inputs:
+            continue
+        makers.add(t.name)
+        stack.extend(t.inputs[0].inputs)
+    return makers
+
+
+def _grows(node: gs.Node, shapes: ShapeInfo) -> bool:
+    """``node``'s result exceeds ``SIZE_LIMIT`` and all it reads (or might: a generator of a
+    size shape inference does not know)."""
+    produced = _bytes((t.name for t in node.outputs), shapes)
+    if produced is None:
+        return node.op in GENERATORS
+    read = _bytes((t.name for t in node.inputs if t.name), shapes)
+    return produced > SIZE_LIMIT and (read is None or produced > read)
+
+
+def _bytes(names: Iterable[str], shapes: ShapeInfo) -> int | None:
+    total = 0
+    for name in names:
+        shape, elem = shapes.shapes.get(name), shapes.dtypes.get(name)
+        if shape is None or elem is None or any(d is None for d in shape):
+            return None
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+        total += int(np.prod(shape, dtype=np.int64)) * itemsize
+    return total
 
 
 def _has_subgraph(node: gs.Node) -> bool:
@@ -90,6 +145,14 @@ def fold(graph: gs.Graph, shapes: ShapeInfo) -> int:
     from onnxrep.verify import quiet_runtime_logs  # gs evaluates constants in onnxruntime
 
     quiet_runtime_logs()
+    makers = _weight_makers(graph)
+
+    def exclude(node: gs.Node) -> bool:
+        if not is_default_domain(node) or _has_subgraph(node):
+            return True
+        made = any(t.name in makers for t in node.outputs)
+        return not made and _grows(node, shapes)
+
     level = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.CRITICAL + 10  # gs reports fold failures itself; stay quiet
     try:
@@ -99,10 +162,9 @@ def fold(graph: gs.Graph, shapes: ShapeInfo) -> int:
             graph.fold_constants(
                 fold_shapes=True, recurse_subgraphs=False, flatten_subgraphs=False,
                 recurse_functions=False, partitioning=partitioning, error_ok=True,
-                size_threshold=SIZE_LIMIT,
-                should_exclude_node=lambda n: not is_default_domain(n) or _has_subgraph(n),
+                size_threshold=None, should_exclude_node=exclude,
             )
-            if _foldable_left(graph) == 0:
+            if _foldable_left(graph, exclude) == 0:
                 break
     finally:
         G_LOGGER.severity = level
