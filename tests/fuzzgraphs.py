@@ -31,8 +31,9 @@ choices (attribute spelling, node names) come from a seeded numpy generator.
 either refuses cleanly (OnnxrepError) or returns a model that passes the full checker, keeps
 the graph inputs and outputs, every original initializer byte for byte, unique tensor and node
 names and the model's float type, agrees with the input in onnxruntime at ORT_DISABLE_ALL
-within ``TOLERANCES`` (also at two other sizes of the dynamic dims, where the input runs), and
-is left byte-identical by a second optimize.
+within ``TOLERANCES`` (also at two other sizes of the dynamic dims, where the input runs),
+gives every BN, per-channel affine op, sum, Pad and AveragePool it leaves a reason, and is
+left byte-identical by a second optimize.
 """
 
 from __future__ import annotations
@@ -757,8 +758,9 @@ def fuzz_cases(draw: Callable, exclude: frozenset[str] = frozenset(), max_steps:
 @dataclass
 class Outcome:
     """``kind``: ok, refused, internal (an OnnxrepError saying "internal error"), mismatch,
-    checker (the output fails the full checker), not-idempotent, crash (any other exception),
-    invalid (the generated input itself is rejected: a bug of this module)."""
+    checker (the output fails the full checker), not-idempotent, unexplained (a node left
+    without a reason), crash (any other exception), invalid (the generated input itself is
+    rejected: a bug of this module)."""
 
     kind: str
     detail: str = ""
@@ -806,6 +808,9 @@ def check(case: FuzzCase, tolerances: dict[str, tuple[float, float]] | None = No
     problem = _interface_problem(model, result.model)
     if problem:
         return Outcome("crash", problem, folds)
+    silent = _unexplained(model, result)
+    if silent:
+        return Outcome("unexplained", f"left without a reason: {silent}", folds)
     try:
         again = onnxrep.optimize(result.model)
     except Exception as e:
@@ -814,6 +819,28 @@ def check(case: FuzzCase, tolerances: dict[str, tuple[float, float]] | None = No
         return Outcome("not-idempotent", f"second pass applied {again.applied_by_pattern()}",
                        folds)
     return Outcome("ok", "", folds)
+
+
+def _considered(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """A node some fold family looked at: BN, a per-channel affine op, a sum of tensors, Pad,
+    AveragePool."""
+    consts = sum(1 for i in node.input if i in constants)
+    if node.op_type in ("Mul", "Div", "Add", "Sub") and len(node.input) == 2 and consts == 1:
+        return True
+    if node.op_type in ("Add", "Sub", "Sum"):
+        return not consts
+    return node.op_type in ("BatchNormalization", "Pad", "AveragePool")
+
+
+def _unexplained(model: onnx.ModelProto, result: onnxrep.OptimizeResult) -> list[str]:
+    """Nodes of the input that stay in the output, were considered, and have no reason."""
+    constants = {t.name for t in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    mine = {(n.name, n.op_type) for n in model.graph.node if n.name}
+    explained = {s.node for s in result.skipped}
+    return sorted(f"{n.op_type} {n.name!r}" for n in result.model.graph.node
+                  if (n.name, n.op_type) in mine and n.name not in explained
+                  and _considered(n, constants))
 
 
 def _diffs(cmp: onnxrep.CompareResult) -> str:

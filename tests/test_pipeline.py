@@ -179,3 +179,22 @@ def test_in_place_reuses_the_given_model_and_agrees_with_a_copy() -> None:
     assert reused.model is model
     assert reused.model.SerializeToString() == copied.SerializeToString()
     assert reused.before.ops == {op: n for op, n in sorted(op_counts(keep).items())}
+
+
+def test_every_candidate_left_has_a_reason() -> None:
+    """BN, affine ops, sums, Pad and AveragePool that stay are each explained."""
+    g = GraphBuilder(seed=31)
+    x, y = g.input([1, 4, 6, 6]), g.input([1, 4, 6, 6])
+    r = g.node("Relu", [x])
+    bn = g.bn(r, 4)  # no conv on either side
+    scaled = g.node("Mul", [g.node("Relu", [bn]), g.init(np.full((1, 4, 1, 1), 2.0))])
+    total = g.node("Add", [scaled, y])  # two sources, no conv
+    padded = g.node("Pad", [total, g.init(np.array([0, 0, 1, 1, 0, 0, 1, 1]))])
+    pooled = g.node("AveragePool", [padded], kernel_shape=[3, 3])
+    result = onnxrep.optimize(g.model([g.node("Relu", [pooled])]))
+    why = {s.node: s.reason for s in result.skipped}
+    for node in result.model.graph.node:
+        if node.op_type != "Relu":
+            assert node.name in why, (node.op_type, why)
+    assert "folds only into a conv" in why[next(
+        n.name for n in result.model.graph.node if n.op_type == "BatchNormalization")]

@@ -362,12 +362,44 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         for news, t in replacements.values():
             news[-1].outputs.append(t)
     folds.reverse()  # roots were found last to first
+    _explain_the_rest(graph, ctx, absorbed)
     skips = [
         Skip(family, n.name, n.op, reason)
         for n, family, reason in ctx.notes
         if id(n) not in absorbed
     ]
     return folds, skips
+
+
+CONSIDERED = {
+    # op → (family, why a node of it stays when no rule said more)
+    "BatchNormalization": ("conv-bn", "no convolution computes its input for it alone or "
+                           "reads its output: a BatchNormalization folds only into a conv"),
+    "Add": ("branches", "its operands are not maps of one tensor with a Conv among them"),
+    "Sub": ("branches", "its operands are not maps of one tensor with a Conv among them"),
+    "Sum": ("branches", "its operands are not maps of one tensor with a Conv among them"),
+    "Pad": ("pad", "no convolution reads the padded tensor alone"),
+    "AveragePool": ("avgpool", "no convolution is in a region with it"),
+}
+AFFINE_REASON = ("no convolution computes its input for it alone or reads its output: a "
+                 "per-channel scale or shift folds only into a conv")
+
+
+def _explain_the_rest(graph: gs.Graph, ctx: RegionContext, absorbed: dict[int, gs.Node]) -> None:
+    """Give every BN, per-channel affine op, sum, Pad and AveragePool that stays a reason, if
+    no rule gave one (``--explain`` lists them all)."""
+    noted = {id(n) for n, _, _ in ctx.notes}
+    for node in graph.nodes:
+        if id(node) in noted or id(node) in absorbed or not is_default_domain(node):
+            continue
+        constants = sum(1 for t in node.inputs if is_constant(t))
+        if node.op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2 and constants == 1:
+            family, reason = "conv-affine", AFFINE_REASON
+        elif node.op in CONSIDERED and not (constants and node.op in ("Add", "Sub", "Sum")):
+            family, reason = CONSIDERED[node.op]
+        else:
+            continue
+        ctx.note(node, family, reason if ctx.enabled(family) else f"--skip {family} was given")
 
 
 def _partial(node: gs.Node, ctx: RegionContext, absorbed: set[int]) -> Partial | None:
