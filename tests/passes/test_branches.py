@@ -188,36 +188,57 @@ def test_merge_that_would_cost_more_is_refused() -> None:
     assert any("would cost" in s for s in reasons(r))
 
 
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64],
+                                 ids=["fp32", "fp16", "fp64"])
+
+
+@DTYPES
 @pytest.mark.parametrize(("a", "b", "group"), [
     (dict(k=3, group=2), dict(k=1, group=4), 2),
     (dict(k=3), dict(k=3, group=C), 1),  # a dense 3x3 absorbs a depthwise one
     (dict(k=5, group=4), dict(k=3, group=C), 4),
 ])
-def test_mixed_group_counts_merge(a: dict, b: dict, group: int) -> None:
+def test_mixed_group_counts_merge(a: dict, b: dict, group: int, dtype: type) -> None:
     """A kernel of g groups is block-diagonal in every g' dividing g: the sum has gcd groups."""
-    g = GraphBuilder(seed=13)
+    g = GraphBuilder(dtype, seed=13)
     x = g.input([1, C, 9, 9])
+    a, b = dict(a), dict(b)
     ka, kb = a.pop("k"), b.pop("k")
     y = g.node("Add", [conv_bn(g, x, ka, **a), conv_bn(g, x, kb, **b)])
-    r = optimized(end(g, y), {"Conv": 1, "Relu": 1})
+    r = optimized(end(g, y), {"Conv": 1, "Relu": 1}, dtype=np.dtype(dtype).name)
     (conv,) = [n for n in r.model.graph.node if n.op_type == "Conv"]
     assert next(at.i for at in conv.attribute if at.name == "group") == group
 
 
-def test_fan_out_inside_the_region_folds() -> None:
+@DTYPES
+def test_qarepvgg_block_collapses(dtype: type) -> None:
+    """YOLOv6 v3's QARepVGGBlockV2: BN(dense 3x3-BN + bare 1x1 + x + AvgPool3x3(x)) → 1 Conv."""
+    g = GraphBuilder(dtype, seed=14)
+    x = g.input([1, C, 10, 10])
+    pool = g.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                  count_include_pad=1)
+    dense, pointwise = conv_bn(g, x, 3), g.conv(x, C, C, 1, bias=False)
+    s = g.node("Add", [g.node("Add", [g.node("Add", [dense, pointwise]), x]), pool])
+    r = optimized(end(g, g.bn(s, C)), {"Conv": 1, "Relu": 1}, dtype=np.dtype(dtype).name)
+    assert r.applied_by_pattern() == {"branches": 1}
+
+
+@DTYPES
+def test_fan_out_inside_the_region_folds(dtype: type) -> None:
     """``Add(BN(t), t)`` with ``t = Conv(x)``: both readers of ``t`` are absorbed together."""
-    g = GraphBuilder(seed=15)
+    g = GraphBuilder(dtype, seed=15)
     x = g.input([1, C, 8, 8])
     t = g.conv(x, C, C, 3)
-    r = optimized(end(g, g.node("Add", [g.bn(t, C), t])), {"Conv": 1, "Relu": 1})
+    r = optimized(end(g, g.node("Add", [g.bn(t, C), t])), {"Conv": 1, "Relu": 1},
+                  dtype=np.dtype(dtype).name)
     assert r.applied_by_pattern() == {"branches": 1}
     # deeper: t read three times, through BN, a scale and directly
-    g = GraphBuilder(seed=16)
+    g = GraphBuilder(dtype, seed=16)
     x = g.input([1, C, 8, 8])
     t = g.conv(x, C, C, 3)
     scaled = g.node("Mul", [t, g.init(g.rng.uniform(0.5, 1.5, (1, C, 1, 1)))])
     y = g.node("Sum", [g.bn(t, C), scaled, g.node("Sub", [t, g.bn(x, C)])])
-    optimized(end(g, y), {"Conv": 1, "Relu": 1})
+    optimized(end(g, y), {"Conv": 1, "Relu": 1}, dtype=np.dtype(dtype).name)
 
 
 def test_fan_out_to_a_reader_outside_is_refused() -> None:
@@ -230,16 +251,34 @@ def test_fan_out_to_a_reader_outside_is_refused() -> None:
     assert any("also feeds" in s and "Sigmoid" in s for s in reasons(r)), reasons(r)
 
 
-def test_qarepvgg_block_collapses() -> None:
-    """YOLOv6 v3's QARepVGGBlockV2: BN(dense 3x3-BN + bare 1x1 + x + AvgPool3x3(x)) → 1 Conv."""
-    g = GraphBuilder(seed=14)
-    x = g.input([1, C, 10, 10])
-    pool = g.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                  count_include_pad=1)
-    s = g.node("Add", [g.node("Add", [g.node("Add", [conv_bn(g, x, 3), g.conv(x, C, C, 1,
-                                                                         bias=False)]), x]), pool])
-    r = optimized(end(g, g.bn(s, C)), {"Conv": 1, "Relu": 1})
-    assert r.applied_by_pattern() == {"branches": 1}
+@DTYPES
+def test_sum_of_several_sources_collapses_per_source(dtype: type) -> None:
+    """``Sum(a(x), c(y), b(x), y, x)`` → ``Conv_abx(x) + Conv_cy(y)``: one Add for the rest."""
+    g = GraphBuilder(dtype, seed=18)
+    x, y = g.input([1, C, 8, 8]), g.input([1, C, 8, 8])
+    s = g.node("Sum", [conv_bn(g, x, 3), conv_bn(g, y, 3), conv_bn(g, x, 1), y, x])
+    r = optimized(end(g, s), {"Conv": 2, "Add": 1, "Relu": 1}, dtype=np.dtype(dtype).name)
+    assert [f.result for f in r.applied] == ["Conv 3x3, Conv 3x3 and 1 Add/Sub"]
+
+
+def test_nested_sums_of_two_sources_with_signs() -> None:
+    """``(a(x) + c(y)) - (b(x) + BN(y))``: the tree is opened up, signs kept."""
+    g = GraphBuilder(seed=19)
+    x, y = g.input([1, C, 8, 8]), g.input([1, C, 8, 8])
+    left = g.node("Add", [conv_bn(g, x, 3), conv_bn(g, y, 1)])
+    s = g.node("Sub", [left, g.node("Add", [conv_bn(g, x, 1), g.bn(y, C)])])
+    optimized(end(g, s), {"Conv": 2, "Add": 1, "Relu": 1})
+
+
+def test_a_source_group_that_would_cost_more_stays_apart() -> None:
+    """Depthwise and dense branches of x would merge densely: refused with the cost; the
+    branches of y still merge."""
+    g = GraphBuilder(seed=20)
+    x, y = g.input([1, C, 8, 8]), g.input([1, C, 8, 8])
+    s = g.node("Sum", [conv_bn(g, x, 5, group=C), conv_bn(g, x, 1), conv_bn(g, y, 3),
+                       conv_bn(g, y, 1)])
+    r = optimized(end(g, s), {"Conv": 3, "Add": 2, "Relu": 1})
+    assert any("would cost" in s for s in reasons(r)), reasons(r)
 
 
 # ----------------------------------------------------------------------------------------------

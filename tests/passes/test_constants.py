@@ -4,6 +4,7 @@ would only grow the model do not."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.builders import GraphBuilder
 from tests.helpers import optimized
@@ -24,6 +25,16 @@ def _orepa_like(b: GraphBuilder, x: str, c: int) -> str:
     einsum = b.node("Einsum", [mix, prior], equation="oi,ikl->oikl")
     weight = b.node("Sum", [b.node("Mul", [origin, vec]), padded, einsum])
     return b.bn(b.node("Conv", [x, weight], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64],
+                         ids=["fp32", "fp16", "fp64"])
+def test_a_generated_kernel_folds(dtype: type) -> None:
+    b = GraphBuilder(dtype, seed=20)
+    x = b.input([1, 8, 6, 6])
+    r = optimized(b.model([b.node("Relu", [_orepa_like(b, x, 8)])]), {"Conv": 1, "Relu": 1},
+                  dtype=np.dtype(dtype).name)
+    assert r.applied_by_pattern() == {"conv-bn": 1}
 
 
 def test_a_generated_kernel_over_the_size_limit_folds() -> None:
