@@ -14,6 +14,10 @@ keeps its layer scales too). The folds beyond those of ``models.blocks``:
   (``mean(t * x + c) = t * mean(x) + c``), so the BN folds into the Linear as above.
 - ``(L1(BN1(x)) + L2(BN2(x))) / 2`` (RepViT's classifier with distillation head): both BNs fold
   into their Linears, then ``W = (W1' + W2') / 2``, ``b = (b1' + b2') / 2``.
+- a linear 1x1 projection (C -> D) read only by the next 1x1 conv (D -> E), e.g. a MobileNetV3
+  block without residual followed by an expanding one: one 1x1 conv (DBB transform III),
+  ``W = W_e W_p``, ``b = W_e b_p + b_e``, taken when it does no more work per pixel
+  (``C * E <= C * D + D * E``).
 
 A block's ``switch_to_deploy()`` deploys everything inside it (idempotent); ``deploy_all`` calls it
 on the outermost modules that have one. Kernels are computed in float64 and cast once.
@@ -37,6 +41,7 @@ from models.blocks import (
     fuse_bn,
     fuse_conv_bn,
     identity_kernel,
+    merge_1x1_kxk,
 )
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "LKConvFFN",
     "Mlp",
     "MlpBlock",
+    "MobileNetV3Features",
     "RepCPE",
     "RepLKBlock",
     "RepMixer",
@@ -573,6 +579,68 @@ class InvertedResidual(HybridBlock):
         if self.use_res_connect:
             result += x
         return result
+
+
+def _pointwise(module: nn.Module) -> ConvBN | None:
+    """``module`` as an ungrouped 1x1 ``ConvBN`` with stride 1 (deployed or not), else None."""
+    if (
+        isinstance(module, ConvBN)
+        and module.kernel_size == (1, 1)
+        and module.stride == 1
+        and module.groups == 1
+    ):
+        return module
+    return None
+
+
+def _kernel_bias(block: RepBlock) -> KernelBias:
+    """A single-conv block's ``(kernel, bias)`` in float64, from its branches when it has them."""
+    if block.reparam is None:
+        return block.equivalent_kernel_bias()
+    conv = block.reparam
+    assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+    return conv.weight.detach().double(), conv.bias.detach().double()
+
+
+class MobileNetV3Features(HybridBlock):
+    """MobileNetV3's feature layers (a stem, inverted residuals, the last 1x1 conv) in sequence.
+
+    Deploy: every conv-BN folds; then wherever a block ends in its linear 1x1 projection ``P``
+    (C -> D, no activation) and the next block starts with a 1x1 expansion ``E`` (D -> E, then its
+    activation), and neither block has a residual (so ``E`` is ``P``'s only reader), the two
+    merge into one 1x1 conv (``merge_1x1_kxk`` with a 1x1 second kernel): ``W = W_e W_p``,
+    ``b = W_e b_p + b_e``, when ``C * E <= C * D + D * E``. The merged conv replaces ``E`` and
+    ``P`` disappears.
+    """
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        for first, second in zip(self.layers[:-1], self.layers[1:], strict=True):
+            if not isinstance(first, InvertedResidual) or first.use_res_connect:
+                continue
+            if not isinstance(second, InvertedResidual) or second.use_res_connect:
+                continue  # the residual would read the projection's output too
+            project, expand = _pointwise(first.block[-1]), _pointwise(second.block[0])
+            if project is None or expand is None or not isinstance(project.act, nn.Identity):
+                continue
+            c, d, e = project.in_channels, project.out_channels, expand.out_channels
+            if c * e > c * d + d * e:
+                continue
+            kernel, bias = merge_1x1_kxk(*_kernel_bias(project), *_kernel_bias(expand), groups=1)
+            ref = next(expand.parameters())
+            conv = nn.Conv2d(c, e, 1).to(device=ref.device, dtype=ref.dtype)
+            conv.weight.copy_(kernel)
+            conv.bias.copy_(bias)
+            first.block[-1] = nn.Identity()
+            second.block[0] = nn.Sequential(conv, expand.act)
+        super().switch_to_deploy()
 
 
 # --------------------------------------------------------------------------------------------

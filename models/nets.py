@@ -41,6 +41,7 @@ from models.hybrid import (
     InvertedResidual,
     LKConvFFN,
     MlpBlock,
+    MobileNetV3Features,
     RepCPE,
     RepLKBlock,
     RepMixerBlock,
@@ -417,16 +418,21 @@ def _replknet() -> nn.Module:
 
 def _mobilenetv3() -> nn.Module:
     """MobileNetV3-Small-like: HardSwish stem, five inverted residuals (ReLU and HardSwish, with
-    and without SE, with and without residual), last 1x1 conv, pool and the two-layer classifier."""
+    and without SE, with and without residual), last 1x1 conv, pool and the two-layer classifier.
+    Deploy merges the first block's projection into the second block's expansion."""
     return HybridNet(
         [
-            ConvBN(3, 16, 3, stride=2, act="hardswish"),
-            InvertedResidual(16, 3, 16, 16, True, "relu", 2),
-            InvertedResidual(16, 3, 72, 24, False, "relu", 2),
-            InvertedResidual(24, 3, 88, 24, False, "relu", 1),
-            InvertedResidual(24, 5, 96, 40, True, "hardswish", 2),
-            InvertedResidual(40, 5, 240, 40, True, "hardswish", 1),
-            ConvBN(40, 240, 1, act="hardswish"),
+            MobileNetV3Features(
+                [
+                    ConvBN(3, 16, 3, stride=2, act="hardswish"),
+                    InvertedResidual(16, 3, 16, 16, True, "relu", 2),
+                    InvertedResidual(16, 3, 72, 24, False, "relu", 2),
+                    InvertedResidual(24, 3, 88, 24, False, "relu", 1),
+                    InvertedResidual(24, 5, 96, 40, True, "hardswish", 2),
+                    InvertedResidual(40, 5, 240, 40, True, "hardswish", 1),
+                    ConvBN(40, 240, 1, act="hardswish"),
+                ]
+            )
         ],
         _pool_linear(
             240,

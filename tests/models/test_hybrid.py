@@ -25,6 +25,7 @@ from models.hybrid import (
     InvertedResidual,
     LKConvFFN,
     MlpBlock,
+    MobileNetV3Features,
     RepCPE,
     RepLKBlock,
     RepMixer,
@@ -100,6 +101,40 @@ CASES: dict[str, Case] = {
     ),
     "inverted_residual_relu": Case(
         lambda: InvertedResidual(8, 3, 24, 8, False, "relu", 1), IMAGE, {nn.Conv2d: 3}
+    ),
+    # two blocks without residual: the first's projection (8 -> 16) merges into the second's
+    # expansion (16 -> 48): 8 * 48 <= 8 * 16 + 16 * 48. dw 1 + (merged 1 + dw 1 + SE 2 + proj 1)
+    "mnv3_features_merge": Case(
+        lambda: MobileNetV3Features(
+            [
+                InvertedResidual(8, 3, 8, 16, False, "relu", 2),
+                InvertedResidual(16, 3, 48, 24, True, "hardswish", 1),
+            ]
+        ),
+        IMAGE,
+        {nn.Conv2d: 6},
+    ),
+    # the second block's residual reads the projection's output too: nothing merges
+    "mnv3_features_residual": Case(
+        lambda: MobileNetV3Features(
+            [
+                InvertedResidual(8, 3, 8, 16, False, "relu", 2),
+                InvertedResidual(16, 3, 48, 16, True, "hardswish", 1),
+            ]
+        ),
+        IMAGE,
+        {nn.Conv2d: 7},
+    ),
+    # 32 -> 8 then 8 -> 32: merged (32 * 32) would cost more than both (2 * 32 * 8): kept
+    "mnv3_features_costly": Case(
+        lambda: MobileNetV3Features(
+            [
+                InvertedResidual(8, 3, 32, 8, False, "relu", 2),
+                InvertedResidual(8, 3, 32, 8, False, "relu", 1),
+            ]
+        ),
+        IMAGE,
+        {nn.Conv2d: 6},
     ),
     # ViT MLP: nothing to fold
     "mlp_block": Case(lambda: MlpBlock(8, 32), TOKENS, {nn.Linear: 2, nn.LayerNorm: 1}),
@@ -210,8 +245,9 @@ HYBRID_NETS: dict[str, dict[type[nn.Module], int]] = {
     "repvit": {nn.Conv2d: 19, nn.Linear: 1, SqueezeExcite: 2},
     # stem 4 + (RepLK 3 + FFN 2) + transition 2 + (RepLK 3 + FFN 2); the head's BN in the Linear
     "replknet": {nn.Conv2d: 16, nn.Linear: 1, LargeSmallKernel: 2},
-    # stem 1 + blocks 4 + 3 + 3 + 5 + 5 + last 1x1 1; two Linears in the classifier
-    "mobilenetv3": {nn.Conv2d: 22, nn.Linear: 2, SqueezeExcite: 3},
+    # stem 1 + blocks 4 + 3 + 3 + 5 + 5 + last 1x1 1, less the first block's projection merged
+    # into the second block's expansion; two Linears in the classifier
+    "mobilenetv3": {nn.Conv2d: 21, nn.Linear: 2, SqueezeExcite: 3},
     # unchanged: 2 x 2 Linears + head, 3 LayerNorms
     "vit_mlp": {nn.Linear: 5, nn.LayerNorm: 3, nn.Conv2d: 0},
     "vit_mlp_op14": {nn.Linear: 5, nn.LayerNorm: 3, nn.Conv2d: 0},
