@@ -18,6 +18,10 @@ Every block's branches reduce to one ``(kernel, bias)`` pair, computed in float6
 - a kxk average pool with stride s (DBB transform V): a depthwise-diagonal kernel with ``1 / k^2``
   at ``[i, i mod (C/g)]``; exact with zero pads only when the pad pixels are counted
   (``count_include_pad=True``, the ``nn.AvgPool2d`` default).
+- a BN *before* a conv without pads, or before a Linear (``fold_input_bn``): with
+  ``BN(x) = t * x + c`` per input channel, ``W'[o, i] = W[o, i] * t[i]`` and
+  ``b' = b + sum_{i, taps} W[o, i] * c[i]``. Not exact with zero pads: a padded border would read
+  ``0`` where the BN writes ``c``.
 
 ``switch_to_deploy()`` replaces the branches of a block by one ``nn.Conv2d`` (with bias) in place;
 the kernel is computed in float64 and cast once to the block's dtype.
@@ -38,7 +42,9 @@ __all__ = [
     "LargeSmallKernel",
     "MobileOneBlock",
     "MultiScaleBlock",
+    "OREPABlock",
     "PPYoloeRepVgg",
+    "QARepVGGBlock",
     "RepBlock",
     "RepVGGBlock",
     "ResidualConvBN",
@@ -47,15 +53,18 @@ __all__ = [
     "bn_scale_shift",
     "centre_kernel",
     "conv_bn",
+    "fold_input_bn",
     "fuse_bn",
     "fuse_conv_bn",
     "identity_kernel",
     "merge_1x1_kxk",
     "mobileone_unit",
+    "orepa_prior",
 ]
 
 Size2 = tuple[int, int]
 KernelBias = tuple[Tensor, Tensor]
+AnyBN = nn.modules.batchnorm._BatchNorm
 
 
 def _pair(value: int | Size2) -> Size2:
@@ -69,7 +78,13 @@ def _make_act(act: str | None) -> nn.Module:
         return nn.ReLU()
     if act == "silu":
         return nn.SiLU()
-    raise ValueError(f"unknown activation {act!r} (expected 'relu', 'silu' or None)")
+    if act == "gelu":
+        return nn.GELU()
+    if act == "hardswish":
+        return nn.Hardswish()
+    raise ValueError(
+        f"unknown activation {act!r} (expected 'relu', 'silu', 'gelu', 'hardswish' or None)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +92,7 @@ def _make_act(act: str | None) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
-def bn_scale_shift(bn: nn.BatchNorm2d) -> KernelBias:
+def bn_scale_shift(bn: AnyBN) -> KernelBias:
     """Inference BN as ``BN(y) = t * y + c``.
 
     ``t = gamma / sqrt(var + eps)``, ``c = beta - mean * t`` (float64, per channel).
@@ -90,14 +105,36 @@ def bn_scale_shift(bn: nn.BatchNorm2d) -> KernelBias:
     return t, beta - mean * t
 
 
-def fuse_bn(kernel: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> KernelBias:
+def fuse_bn(kernel: Tensor, bias: Tensor | None, bn: AnyBN) -> KernelBias:
     """Fold ``BN(W * x + b)`` into ``W' * x + b'``: ``W' = W * t``, ``b' = c + b * t``.
 
     ``t`` and ``c`` are per output channel (``bn_scale_shift``); ``b = 0`` when ``bias`` is None.
+    ``kernel`` is [O, ...]: a conv kernel or a Linear weight.
     """
     t, c = bn_scale_shift(bn)
-    fused_kernel = kernel.detach().double() * t.view(-1, 1, 1, 1)
+    kernel = kernel.detach().double()
+    fused_kernel = kernel * t.view(-1, *[1] * (kernel.dim() - 1))
     fused_bias = c if bias is None else c + bias.detach().double() * t
+    return fused_kernel, fused_bias
+
+
+def fold_input_bn(kernel: Tensor, bias: Tensor | None, bn: AnyBN, groups: int = 1) -> KernelBias:
+    """Fold ``W * BN(x) + b`` into ``W' * x + b'`` for a conv without pads or a Linear.
+
+    With ``BN(x) = t * x + c`` per input channel (``bn_scale_shift``), per group:
+    ``W'[o, i] = W[o, i] * t[i]`` and ``b'[o] = b[o] + sum_{i, taps} W[o, i] * c[i]``
+    (``b = 0`` when ``bias`` is None). ``kernel`` is [O, I/g, ...] (a Linear weight is [O, I]).
+    """
+    t, c = bn_scale_shift(bn)
+    kernel = kernel.detach().double()
+    out, in_g = kernel.shape[:2]
+    taps = kernel.shape[2:]
+    grouped = kernel.reshape(groups, out // groups, in_g, *taps)
+    t_g = t.reshape(groups, 1, in_g, *[1] * len(taps))
+    c_g = c.reshape(groups, 1, in_g, *[1] * len(taps))
+    fused_kernel = (grouped * t_g).reshape(kernel.shape)
+    shift = (grouped * c_g).sum(dim=tuple(range(2, grouped.dim()))).reshape(out)
+    fused_bias = shift if bias is None else bias.detach().double() + shift
     return fused_kernel, fused_bias
 
 
@@ -257,7 +294,8 @@ class RepBlock(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Replace all branches by one ``nn.Conv2d`` with bias (idempotent)."""
+        """Replace all branches (modules, parameters, buffers) by one ``nn.Conv2d`` with bias
+        (idempotent)."""
         if self.reparam is not None:
             return
         kernel, bias = self.equivalent_kernel_bias()
@@ -275,7 +313,7 @@ class RepBlock(nn.Module):
         conv.bias.copy_(bias)
         for name in [n for n in self._modules if n not in ("act", "reparam")]:
             delattr(self, name)
-        for name in list(self._parameters):
+        for name in list(self._parameters) + list(self._buffers):
             delattr(self, name)
         self.reparam = conv
 
@@ -406,10 +444,11 @@ class MultiScaleBlock(RepBlock):
 class MobileOneBlock(RepBlock):
     """MobileOne: ``act(BN(Conv1x1(x)) + BN(x) + sum_{i<n} BN(Conv_i kxk(x)))``.
 
-    The 1x1 "scale" branch exists when k > 1, the identity ``BN(x)`` when in == out and
-    stride == 1. The forward keeps the reference code's accumulation, which adds the integer
-    ``0`` for a missing branch (so a traced graph may hold ``Add(t, 0)``) and accumulates the
-    kxk branches with ``+=``. ``W = centre(Wscale) + t_id * I + sum W_i``.
+    The 1x1 "scale" branch exists when k > 1 and ``scale_branch``, the identity ``BN(x)`` when
+    in == out and stride == 1; ``num_conv_branches`` may be 0 (FastViT's RepMixer uses
+    ``BN(x)`` alone as its "norm"). The forward keeps the reference code's accumulation, which
+    adds the integer ``0`` for a missing branch (so a traced graph may hold ``Add(t, 0)``) and
+    accumulates the kxk branches with ``+=``. ``W = centre(Wscale) + t_id * I + sum W_i``.
     """
 
     def __init__(
@@ -421,6 +460,7 @@ class MobileOneBlock(RepBlock):
         groups: int = 1,
         num_conv_branches: int = 2,
         act: str | None = "relu",
+        scale_branch: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, act)
         self.rbr_skip = nn.BatchNorm2d(in_channels) if self.has_identity else None
@@ -429,8 +469,12 @@ class MobileOneBlock(RepBlock):
             for _ in range(num_conv_branches)
         )
         self.rbr_scale = (
-            conv_bn(in_channels, out_channels, 1, stride, groups) if kernel_size > 1 else None
+            conv_bn(in_channels, out_channels, 1, stride, groups)
+            if kernel_size > 1 and scale_branch
+            else None
         )
+        if not self.rbr_conv and self.rbr_scale is None and self.rbr_skip is None:
+            raise ValueError("a MobileOne block needs at least one branch")
 
     def forward_branches(self, x: Tensor) -> Tensor:
         scale_out: Tensor | int = 0
@@ -740,3 +784,212 @@ class DBBBlock(RepBlock):
         k_second, b_second = fuse_conv_bn(seq.conv2, seq.bn2)
         terms.append(merge_1x1_kxk(k_first, b_first, k_second, b_second, g))
         return _sum(k, *terms)
+
+
+class QARepVGGBlock(RepBlock):
+    """YOLOv6 v3's QARepVGGBlockV2: ``act(BN(BN3(Conv3x3(x)) + Conv1x1(x) + x + Avg3x3(x)))``.
+
+    The 1x1 conv has neither bias nor BN; the identity ``x`` and the average pool (3x3, stride 1,
+    pad 1, ``count_include_pad=True``) exist only when in == out and stride == 1, and a missing
+    branch adds the integer ``0`` as in the reference code. The sum inside the outer BN is one conv
+    (transforms I, VI, V, II): ``W_in = W3 + centre(W1) + I + A``, ``b_in = b3``, with ``A`` the
+    average pool's kernel; the outer BN then folds as ``W = t * W_in``, ``b = c + t * b_in``.
+    (The reference keeps the outer BN in its deploy form for quantization-aware training; an
+    inference deploy form folds it.)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+    ) -> None:
+        super().__init__(in_channels, out_channels, 3, stride, groups, act)
+        self.rbr_dense = conv_bn(in_channels, out_channels, 3, stride, groups)
+        self.rbr_1x1 = nn.Conv2d(
+            in_channels, out_channels, 1, stride=stride, groups=groups, bias=False
+        )
+        self.rbr_identity = nn.Identity() if self.has_identity else None
+        self.rbr_avg = nn.AvgPool2d(3, stride=stride, padding=1) if self.has_identity else None
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward_branches(self, x: Tensor) -> Tensor:
+        id_out: Tensor | int = 0 if self.rbr_identity is None else self.rbr_identity(x)
+        avg_out: Tensor | int = 0 if self.rbr_avg is None else self.rbr_avg(x)
+        return self.bn(self.rbr_dense(x) + self.rbr_1x1(x) + id_out + avg_out)
+
+    def equivalent_kernel_bias(self) -> KernelBias:
+        zero = torch.zeros(self.out_channels, dtype=torch.float64)
+        terms = [_fuse_seq(self.rbr_dense), (self.rbr_1x1.weight.detach().double(), zero)]
+        if self.has_identity:
+            terms.append((identity_kernel(self.in_channels, self.groups, 3), zero))
+            terms.append((avg_pool_kernel(self.in_channels, self.groups, 3), zero))
+        kernel, bias = _sum(self.kernel_size, *terms)
+        return fuse_bn(kernel, bias, self.bn)
+
+
+def orepa_prior(channels: int, kernel_size: int) -> Tensor:
+    """OREPA's frequency prior [C, k, k] (float64): for ``i < C/2``,
+    ``P[i, h, w] = cos(pi * (h + 1/2) * (i + 1) / k)``, else
+    ``P[i, h, w] = cos(pi * (w + 1/2) * (i + 1 - C/2) / k)`` (the reference writes k = 3).
+    """
+    k = kernel_size
+    half = channels / 2
+    pos = (torch.arange(k, dtype=torch.float64) + 0.5).view(1, k)
+    index = torch.arange(channels, dtype=torch.float64).view(channels, 1)
+    rows = torch.cos(torch.pi * pos * (index + 1) / k)
+    cols = torch.cos(torch.pi * pos * (index + 1 - half) / k)
+    low = (index < half).view(channels, 1, 1)
+    return torch.where(
+        low,
+        rows.view(channels, k, 1).expand(-1, -1, k),
+        cols.view(channels, 1, k).expand(-1, k, -1),
+    )
+
+
+class OREPABlock(RepBlock):
+    """OREPA: ``act(BN(conv(x, W_gen)))``, one conv whose kernel is generated in the forward.
+
+    ``W_gen`` (the reference code's ``weight_gen``, written with ``einsum``s; ``v`` is a learnable
+    [6, O] matrix of per-branch, per-output-channel scales, ``'oihw,o->oihw'``) sums six branches:
+
+    - origin: ``v0 * W_o`` with ``W_o`` [O, I/g, k, k];
+    - avg: ``v1 * (W_a ⊗ A)``, ``'oi,hw->oihw'`` of a 1x1 weight with the fixed ``A = 1 / k^2``;
+    - 1x1: ``v4 * pad(W_1)``, the 1x1 weight zero-padded centred (a ``Pad`` in the graph);
+    - 1x1-kxk: ``v3 * (W_2 ∘ (W_id + E))``, ``'ti,othw->oihw'`` (per group ``'gti,gothw->goihw'``)
+      of an identity-based 1x1 weight (``W_id + E``, ``E`` the identity) and a kxk weight;
+    - prior: ``v2 * (W_p ⊗ P)``, ``'oi,ohw->oihw'`` of a 1x1 weight with the fixed prior
+      ``P`` (``orepa_prior``);
+    - depthwise-separable: ``v5 * dwsc(W_dw, W_pw)``, a depthwise kxk conv expanding every input
+      channel 8 times followed by a grouped 1x1 conv, as one kernel (``'cgtihw,ocgt->cogihw'``).
+      The reference's layout is kept: with ``g`` groups, output ``c * O/g + o`` takes row
+      ``o * g + c`` of ``W_pw`` (for ``g = 1``, the plain composition).
+
+    Every term is linear in fixed tensors, so the conv has one kernel ``W_gen`` and the block
+    deploys as ``W = t * W_gen``, ``b = c`` (transform I); ``W_gen`` is evaluated in float64.
+    """
+
+    EXPAND = 8
+    NUM_BRANCHES = 6
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        internal_channels: int | None = None,
+        act: str | None = "relu",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, act)
+        k, in_g = kernel_size, in_channels // groups
+        internal = (
+            (in_channels if groups <= 4 else 2 * in_channels)
+            if internal_channels is None
+            else internal_channels
+        )
+        if internal % groups or (self.EXPAND * in_channels) % groups:
+            raise ValueError(f"groups={groups} must divide internal_channels={internal}")
+        self.internal_channels = internal
+        self.weight_orepa_origin = nn.Parameter(torch.empty(out_channels, in_g, k, k))
+        self.weight_orepa_avg_conv = nn.Parameter(torch.empty(out_channels, in_g, 1, 1))
+        self.weight_orepa_pfir_conv = nn.Parameter(torch.empty(out_channels, in_g, 1, 1))
+        self.register_buffer("weight_orepa_avg_avg", torch.full((k, k), 1.0 / (k * k)))
+        self.register_buffer("weight_orepa_prior", orepa_prior(out_channels, k).float())
+        self.weight_orepa_1x1 = nn.Parameter(torch.empty(out_channels, in_g, 1, 1))
+        self.weight_orepa_1x1_kxk_idconv1 = nn.Parameter(torch.zeros(internal, in_g, 1, 1))
+        eye = torch.zeros(internal, in_g, 1, 1)
+        eye[torch.arange(internal), torch.arange(internal) % in_g] = 1.0
+        self.register_buffer("id_tensor", eye)
+        self.weight_orepa_1x1_kxk_conv2 = nn.Parameter(
+            torch.empty(out_channels, internal // groups, k, k)
+        )
+        self.weight_orepa_gconv_dw = nn.Parameter(torch.empty(self.EXPAND * in_channels, 1, k, k))
+        self.weight_orepa_gconv_pw = nn.Parameter(
+            torch.empty(out_channels, self.EXPAND * in_channels // groups, 1, 1)
+        )
+        for weight in (
+            self.weight_orepa_origin,
+            self.weight_orepa_avg_conv,
+            self.weight_orepa_pfir_conv,
+            self.weight_orepa_1x1,
+            self.weight_orepa_1x1_kxk_conv2,
+            self.weight_orepa_gconv_dw,
+            self.weight_orepa_gconv_pw,
+        ):
+            nn.init.kaiming_uniform_(weight, a=0.0)
+        # origin, avg, prior, 1x1-kxk, 1x1, depthwise-separable (the reference's initial values)
+        init = torch.tensor([0.25, 0.25, 0.0, 0.5, 1.0, 0.5]).view(-1, 1)
+        self.vector = nn.Parameter(init.repeat(1, out_channels))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def weight_gen(self, double: bool = False) -> Tensor:
+        """``W_gen`` in the module's dtype (traced), or from float64 copies when ``double``."""
+
+        def get(name: str) -> Tensor:
+            tensor = getattr(self, name)
+            assert isinstance(tensor, Tensor)
+            return tensor.detach().double() if double else tensor
+
+        vector = get("vector")
+        k, g = self.kernel_size[0], self.groups
+        o, in_g = self.out_channels, self.in_channels // g
+        origin = torch.einsum("oihw,o->oihw", get("weight_orepa_origin"), vector[0, :])
+        avg = torch.einsum(
+            "oi,hw->oihw",
+            get("weight_orepa_avg_conv").squeeze(3).squeeze(2),
+            get("weight_orepa_avg_avg"),
+        )
+        avg = torch.einsum("oihw,o->oihw", avg, vector[1, :])
+        pfir = torch.einsum(
+            "oi,ohw->oihw",
+            get("weight_orepa_pfir_conv").squeeze(3).squeeze(2),
+            get("weight_orepa_prior"),
+        )
+        pfir = torch.einsum("oihw,o->oihw", pfir, vector[2, :])
+
+        # Shapes come from the block's own ints, never from ``tensor.shape``: a tracer records
+        # those as Shape ops, and the TorchScript exporter then cannot export a Conv whose kernel
+        # has no static shape.
+        conv1 = (get("weight_orepa_1x1_kxk_idconv1") + get("id_tensor")).squeeze(3).squeeze(2)
+        conv2 = get("weight_orepa_1x1_kxk_conv2")
+        if g > 1:
+            t = self.internal_channels
+            one_kxk = torch.einsum(
+                "gti,gothw->goihw",
+                conv1.view(g, t // g, in_g),
+                conv2.view(g, o // g, t // g, k, k),
+            ).reshape(o, in_g, k, k)
+        else:
+            one_kxk = torch.einsum("ti,othw->oihw", conv1, conv2)
+        one_kxk = torch.einsum("oihw,o->oihw", one_kxk, vector[3, :])
+
+        # The no-op view pins the padded kernel's shape: the TorchScript exporter writes Pad's
+        # pads as a small subgraph, so without it the shape (and the Conv) would not export.
+        one = F.pad(get("weight_orepa_1x1"), [k // 2] * 4).view(o, in_g, k, k)
+        one = torch.einsum("oihw,o->oihw", one, vector[4, :])
+
+        gconv = self._dwsc_to_full(get("weight_orepa_gconv_dw"), get("weight_orepa_gconv_pw"))
+        gconv = torch.einsum("oihw,o->oihw", gconv, vector[5, :])
+        return origin + avg + one + one_kxk + pfir + gconv
+
+    def _dwsc_to_full(self, weight_dw: Tensor, weight_pw: Tensor) -> Tensor:
+        """A depthwise kxk conv (``in`` groups, ``EXPAND`` outputs each) then a 1x1 conv with
+        ``groups`` groups, as one [O, I/g, k, k] kernel (the reference's ``dwsc2full``)."""
+        g, o, k, tg = self.groups, self.out_channels, self.kernel_size[0], self.EXPAND
+        gc = self.in_channels // g
+        dw = weight_dw.view(g, gc, tg, 1, k, k)
+        pw = weight_pw.squeeze(3).squeeze(2).view(o // g, g, gc, tg)
+        full = torch.einsum("cgtihw,ocgt->cogihw", dw, pw)
+        return full.reshape(o, gc, k, k)
+
+    def forward_branches(self, x: Tensor) -> Tensor:
+        weight = self.weight_gen()
+        out = F.conv2d(x, weight, None, self.stride, self.padding, 1, self.groups)
+        return self.bn(out)
+
+    def equivalent_kernel_bias(self) -> KernelBias:
+        return fuse_bn(self.weight_gen(double=True), None, self.bn)

@@ -14,6 +14,9 @@ Forms (``FORMS``):
 - ``dynamo-opt``: the same with the exporter's default optimizer (``optimize=True``), which
   folds Conv+BN and constant subgraphs.
 
+A net may set another opset for the two TorchScript forms (``NetSpec.opset``, e.g. 14, where
+LayerNorm has no ONNX op and is written as primitive ops); the dynamo forms stay at opset 18.
+
 Every export is a single self-contained ``.onnx`` file (no external data), with input ``input``
 and output ``output``, and is deterministic: the same bytes on every run and in every checkout
 (the dynamo exporter's per-node Python stack traces, which hold absolute paths, are dropped; its
@@ -68,12 +71,14 @@ def export(
     form: str,
     deploy: bool = False,
     dynamic_batch: bool = False,
+    opset: int | None = None,
 ) -> Path:
     """Write ``net`` (or ``deploy_copy(net)`` when ``deploy``) as ONNX in ``form`` to ``path``.
 
     The net is exported in eval mode with a float32 zero input of ``input_shape``; with
-    ``dynamic_batch`` axis 0 of input and output is symbolic (named ``batch``). ``net`` itself is
-    not modified (its training flag is restored).
+    ``dynamic_batch`` axis 0 of input and output is symbolic (named ``batch``). ``opset`` is the
+    TorchScript forms' opset (default ``TORCHSCRIPT_OPSET``); the dynamo forms always use
+    ``DYNAMO_OPSET``. ``net`` itself is not modified (its training flag is restored).
     """
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
@@ -98,7 +103,7 @@ def export(
                     args,
                     str(path),
                     dynamo=False,
-                    opset_version=TORCHSCRIPT_OPSET,
+                    opset_version=TORCHSCRIPT_OPSET if opset is None else opset,
                     training=(
                         torch.onnx.TrainingMode.PRESERVE
                         if form == "preserve"
@@ -146,7 +151,9 @@ def export_all(
             for deploy in (False, True):
                 stem = f"{name}.deploy" if deploy else name
                 path = directory / f"{stem}.{form}.onnx"
-                written.append(export(net, spec.input_shape, path, form, deploy, dynamic_batch))
+                written.append(
+                    export(net, spec.input_shape, path, form, deploy, dynamic_batch, spec.opset)
+                )
     return written
 
 
@@ -176,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.form,
         deploy=args.deploy,
         dynamic_batch=args.dynamic_batch,
+        opset=spec.opset,
     )
     print(path)
     return 0

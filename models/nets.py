@@ -1,8 +1,10 @@
-"""Small networks built from the blocks in ``models.blocks``, and their registry.
+"""Small networks built from the blocks in ``models.blocks`` and ``models.hybrid``, and their
+registry.
 
 Every factory is deterministic (it seeds its own RNG without touching the global one) and gives
-every BatchNorm non-trivial statistics (``randomize_bn``), so each fold changes the weights.
-A net's ``switch_to_deploy()`` turns every block into its single conv; ``deploy_copy`` does that
+every BatchNorm non-trivial statistics (``randomize_bn``) and every layer scale, OREPA branch
+vector and LayerNorm non-trivial values (``randomize_extras``), so each fold changes the weights.
+A net's ``switch_to_deploy()`` turns every block into its deploy form; ``deploy_copy`` does that
 on a deep copy.
 """
 
@@ -23,21 +25,41 @@ from models.blocks import (
     LargeSmallKernel,
     MobileOneBlock,
     MultiScaleBlock,
+    OREPABlock,
     PPYoloeRepVgg,
+    QARepVGGBlock,
     RepBlock,
     RepVGGBlock,
     ResidualConvBN,
     ScaledDiffResidual,
     mobileone_unit,
 )
+from models.hybrid import (
+    BNPoolHead,
+    DistillClassifier,
+    HybridBlock,
+    InvertedResidual,
+    LKConvFFN,
+    MlpBlock,
+    MobileNetV3Features,
+    RepCPE,
+    RepLKBlock,
+    RepMixerBlock,
+    RepViTBlock,
+    deploy_all,
+    deployable,
+)
 
 __all__ = [
     "NETWORKS",
     "DBBBasicBlock",
+    "HybridNet",
     "NetSpec",
     "RepNet",
+    "TokenPoolHead",
     "deploy_copy",
     "randomize_bn",
+    "randomize_extras",
     "rep_blocks",
 ]
 
@@ -46,11 +68,16 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class NetSpec:
-    """A registered network: a deterministic ``factory``, its ``input_shape`` and a description."""
+    """A registered network: a deterministic ``factory``, its ``input_shape`` and a description.
+
+    ``opset`` is the opset of the TorchScript forms (``None``: ``models.export``'s default); the
+    dynamo forms always use the dynamo exporter's opset.
+    """
 
     factory: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
     description: str
+    opset: int | None = None
 
 
 def rep_blocks(net: nn.Module) -> list[RepBlock]:
@@ -71,8 +98,32 @@ class RepNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.body(x)), 1))
 
     def switch_to_deploy(self) -> None:
-        for block in rep_blocks(self):
+        for block in deployable(self):
             block.switch_to_deploy()
+
+
+class HybridNet(HybridBlock):
+    """``head(body(x))``; ``switch_to_deploy`` deploys every deployable module in both."""
+
+    def __init__(self, body: Iterable[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+class TokenPoolHead(nn.Module):
+    """A ViT classifier on tokens [B, T, C]: ``Linear(mean_T(LayerNorm(x)))``."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.norm(x).mean(1))
 
 
 class DBBBasicBlock(nn.Module):
@@ -115,22 +166,49 @@ def randomize_bn(net: nn.Module, seed: int) -> nn.Module:
     return net
 
 
+@torch.no_grad()
+def randomize_extras(net: nn.Module, seed: int) -> nn.Module:
+    """Give the non-BN parameters that folds read non-trivial values (in place).
+
+    Layer scales (FastViT; initialised to 1e-5 upstream, which would make ``x + s * f(x)``
+    almost ``x``) ``~ U(0.25, 1.25)``; OREPA's branch vectors ``~ U(0.25, 1.25)`` and its
+    zero-initialised identity-based 1x1 weight ``~ N(0, 0.1^2)``; LayerNorm affine parameters
+    ``weight ~ U(0.5, 1.5)``, ``bias ~ N(0, 0.3^2)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(param: Tensor, low: float, high: float) -> None:
+        param.copy_(low + (high - low) * torch.rand(param.shape, generator=gen))
+
+    for module in net.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name == "layer_scale":
+                uniform(param, 0.25, 1.25)
+        if isinstance(module, OREPABlock):
+            uniform(module.vector, 0.25, 1.25)
+            idconv = module.weight_orepa_1x1_kxk_idconv1
+            idconv.copy_(0.1 * torch.randn(idconv.shape, generator=gen))
+        if isinstance(module, nn.LayerNorm):
+            uniform(module.weight, 0.5, 1.5)
+            module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=gen))
+    return net
+
+
 def deploy_copy(net: nn.Module) -> nn.Module:
     """A deep copy of ``net`` in eval mode with every block switched to its deploy form."""
     deployed = copy.deepcopy(net).eval()
-    for block in rep_blocks(deployed):
-        block.switch_to_deploy()
+    deploy_all(deployed)
     return deployed
 
 
 def _seeded(build: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
-    """A factory: build under a private RNG seed, randomize BN, return in eval mode."""
+    """A factory: build under a private RNG seed, randomize BN and extras, return in eval mode."""
 
     def factory() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build()
-        return randomize_bn(net, seed).eval()
+        return randomize_extras(randomize_bn(net, seed), seed).eval()
 
     factory.__name__ = build.__name__
     return factory
@@ -278,6 +356,127 @@ def _dbb_resnet18(width: int = 16) -> nn.Module:
     return RepNet(layers, in_channels)
 
 
+def _pool_linear(channels: int, classifier: nn.Module | None = None) -> nn.Module:
+    """``classifier(Flatten(GlobalAvgPool(x)))``, by default a Linear to ``NUM_CLASSES``."""
+    head = classifier if classifier is not None else nn.Linear(channels, NUM_CLASSES)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), head)
+
+
+def _fastvit() -> nn.Module:
+    """FastViT-T-like: MobileOne stem (/4), a RepMixer stage, a patch embedding (7x7 + 3x3
+    grouped stride-2 conv, then a MobileOne 1x1), RepCPE and a second RepMixer stage."""
+    return HybridNet(
+        [
+            MobileOneBlock(3, 16, 3, stride=2, num_conv_branches=1, act="gelu"),
+            MobileOneBlock(16, 16, 3, stride=2, groups=16, num_conv_branches=1, act="gelu"),
+            MobileOneBlock(16, 16, 1, num_conv_branches=1, act="gelu"),
+            RepMixerBlock(16, 3, mlp_ratio=3),
+            LargeSmallKernel(16, 32, stride=2, groups=16, large=7, small=3, act="gelu"),
+            MobileOneBlock(32, 32, 1, num_conv_branches=1, act="gelu"),
+            RepCPE(32, 7),
+            RepMixerBlock(32, 3, mlp_ratio=3),
+        ],
+        _pool_linear(32),
+    )
+
+
+def _repvit() -> nn.Module:
+    """RepViT-like: conv-BN-GELU-conv-BN stem (/4), RepViT blocks with and without SE, a
+    stride-2 RepViT block, and the distillation classifier."""
+    return HybridNet(
+        [
+            ConvBN(3, 8, 3, stride=2, act="gelu"),
+            ConvBN(8, 16, 3, stride=2, act=None),
+            RepViTBlock(16, 16, use_se=True),
+            RepViTBlock(16, 16, use_se=False),
+            RepViTBlock(16, 32, stride=2, use_se=False),
+            RepViTBlock(32, 32, use_se=True),
+        ],
+        _pool_linear(32, DistillClassifier(32, NUM_CLASSES)),
+    )
+
+
+def _replknet() -> nn.Module:
+    """RepLKNet-like: conv-BN-ReLU stem (/4), a 13x13 stage on 16x16, a transition, a 31x31
+    stage on 8x8 (each a RepLK block and a ConvFFN), and the BN-pool-Linear head."""
+    return HybridNet(
+        [
+            ConvBN(3, 16, 3, stride=2),
+            ConvBN(16, 16, 3, groups=16),
+            ConvBN(16, 16, 1),
+            ConvBN(16, 16, 3, stride=2, groups=16),
+            RepLKBlock(16, 16, 13, 5),
+            LKConvFFN(16, 64),
+            ConvBN(16, 32, 1),
+            ConvBN(32, 32, 3, stride=2, groups=32),
+            RepLKBlock(32, 32, 31, 5),
+            LKConvFFN(32, 128),
+        ],
+        BNPoolHead(32, NUM_CLASSES),
+    )
+
+
+def _mobilenetv3() -> nn.Module:
+    """MobileNetV3-Small-like: HardSwish stem, five inverted residuals (ReLU and HardSwish, with
+    and without SE, with and without residual), last 1x1 conv, pool and the two-layer classifier.
+    Deploy merges the first block's projection into the second block's expansion."""
+    return HybridNet(
+        [
+            MobileNetV3Features(
+                [
+                    ConvBN(3, 16, 3, stride=2, act="hardswish"),
+                    InvertedResidual(16, 3, 16, 16, True, "relu", 2),
+                    InvertedResidual(16, 3, 72, 24, False, "relu", 2),
+                    InvertedResidual(24, 3, 88, 24, False, "relu", 1),
+                    InvertedResidual(24, 5, 96, 40, True, "hardswish", 2),
+                    InvertedResidual(40, 5, 240, 40, True, "hardswish", 1),
+                    ConvBN(40, 240, 1, act="hardswish"),
+                ]
+            )
+        ],
+        _pool_linear(
+            240,
+            nn.Sequential(
+                nn.Linear(240, 128), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(128, NUM_CLASSES)
+            ),
+        ),
+    )
+
+
+def _vit_mlp() -> nn.Module:
+    """Two ViT MLP blocks on tokens [1, 16, 32] (exact and tanh GELU), LayerNorm, token mean,
+    Linear."""
+    return HybridNet(
+        [MlpBlock(32, 128), MlpBlock(32, 128, approximate="tanh")], TokenPoolHead(32, NUM_CLASSES)
+    )
+
+
+def _qarepvgg() -> nn.Module:
+    return RepNet(
+        [
+            QARepVGGBlock(3, 16, stride=2),
+            QARepVGGBlock(16, 16),
+            QARepVGGBlock(16, 32, stride=2),
+            QARepVGGBlock(32, 32),
+            QARepVGGBlock(32, 32, groups=4),
+        ],
+        32,
+    )
+
+
+def _orepa() -> nn.Module:
+    return RepNet(
+        [
+            OREPABlock(3, 16, 3, stride=2),
+            OREPABlock(16, 16, 3),
+            OREPABlock(16, 32, 3, stride=2, groups=4),
+            OREPABlock(32, 32, 3, groups=32),
+            OREPABlock(32, 32, 5),
+        ],
+        32,
+    )
+
+
 NETWORKS: dict[str, NetSpec] = {
     "convbn_stack": NetSpec(
         _seeded(_convbn_stack, 0),
@@ -333,5 +532,46 @@ NETWORKS: dict[str, NetSpec] = {
         _seeded(_dbb_resnet18, 10),
         (1, 3, 64, 64),
         "ResNet-18 shape (base width 16) whose convs are DBB blocks; 7x7 DBB stem + max pool",
+    ),
+    "fastvit": NetSpec(
+        _seeded(_fastvit, 11),
+        (1, 3, 32, 32),
+        "FastViT: MobileOne stem, RepMixer + ConvFFN with layer scales, 7x7+3x3 embed, RepCPE",
+    ),
+    "repvit": NetSpec(
+        _seeded(_repvit, 12),
+        (1, 3, 32, 32),
+        "RepViT: RepVGGDW token mixer, SE, conv-BN-GELU FFN, BN1d-Linear + distillation head",
+    ),
+    "replknet": NetSpec(
+        _seeded(_replknet, 13),
+        (1, 3, 64, 64),
+        "RepLKNet: pre-BN 1x1, 13x13 / 31x31 dw + 5x5 dw, pre-BN ConvFFN, BN-pool-Linear head",
+    ),
+    "mobilenetv3": NetSpec(
+        _seeded(_mobilenetv3, 14),
+        (1, 3, 64, 64),
+        "MobileNetV3-Small: inverted residuals, HardSwish, SE with HardSigmoid, conv-BN",
+    ),
+    "vit_mlp": NetSpec(
+        _seeded(_vit_mlp, 15),
+        (1, 16, 32),
+        "ViT MLP blocks x + fc2(GELU(fc1(LN(x)))), exact and tanh GELU; nothing to fold",
+    ),
+    "vit_mlp_op14": NetSpec(
+        _seeded(_vit_mlp, 15),
+        (1, 16, 32),
+        "vit_mlp with TorchScript forms at opset 14: LayerNorm decomposed into primitive ops",
+        opset=14,
+    ),
+    "qarepvgg": NetSpec(
+        _seeded(_qarepvgg, 16),
+        (1, 3, 32, 32),
+        "YOLOv6 QARepVGGBlockV2: BN(3x3-BN + 1x1 + x + avgpool3x3), grouped and strided",
+    ),
+    "orepa": NetSpec(
+        _seeded(_orepa, 17),
+        (1, 3, 32, 32),
+        "OREPA: kernel generated by einsums of six scaled branches, one conv + BN; dw, 5x5",
     ),
 }

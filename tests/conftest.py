@@ -29,8 +29,9 @@ class Exports:
         key = (name, form, deploy)
         if key not in self._paths:
             path = self.folder / f"{name}{'.deploy' if deploy else ''}.{form}.onnx"
-            self._paths[key] = export(self.net(name), NETWORKS[name].input_shape, path, form,
-                                      deploy=deploy)
+            spec = NETWORKS[name]
+            self._paths[key] = export(self.net(name), spec.input_shape, path, form,
+                                      deploy=deploy, opset=spec.opset)
         return self._paths[key]
 
 

@@ -22,17 +22,29 @@ from models.blocks import (
     LargeSmallKernel,
     MobileOneBlock,
     MultiScaleBlock,
+    OREPABlock,
     PPYoloeRepVgg,
+    QARepVGGBlock,
     RepBlock,
     RepVGGBlock,
     ResidualConvBN,
     ScaledDiffResidual,
     avg_pool_kernel,
     centre_kernel,
+    fold_input_bn,
     identity_kernel,
     merge_1x1_kxk,
+    orepa_prior,
 )
-from models.nets import NETWORKS, deploy_copy, randomize_bn, rep_blocks
+from models.hybrid import is_deployed
+from models.nets import (
+    NETWORKS,
+    RepNet,
+    deploy_copy,
+    randomize_bn,
+    randomize_extras,
+    rep_blocks,
+)
 
 TOL = {"rtol": 1e-10, "atol": 1e-10}
 
@@ -74,6 +86,16 @@ BLOCKS: dict[str, Callable[[], RepBlock]] = {
     "dbb_dw_strided": lambda: DBBBlock(8, 8, stride=2, groups=8),
     "dbb_k7_stem": lambda: DBBBlock(3, 8, 7, stride=2),
     "dbb_k5_half_internal": lambda: DBBBlock(8, 8, 5, internal_channels=4),
+    "qarepvgg_identity": lambda: QARepVGGBlock(8, 8),
+    "qarepvgg_strided": lambda: QARepVGGBlock(8, 16, stride=2),
+    "qarepvgg_g4": lambda: QARepVGGBlock(8, 8, groups=4),
+    "qarepvgg_dw_strided": lambda: QARepVGGBlock(8, 8, stride=2, groups=8),
+    "orepa": lambda: OREPABlock(8, 8),
+    "orepa_widen_strided": lambda: OREPABlock(8, 16, stride=2),
+    "orepa_g4": lambda: OREPABlock(8, 16, groups=4),
+    "orepa_dw": lambda: OREPABlock(8, 8, groups=8),
+    "orepa_k5_g2": lambda: OREPABlock(8, 8, 5, groups=2),
+    "orepa_k1_internal": lambda: OREPABlock(8, 8, 1, internal_channels=4),
 }
 
 
@@ -84,7 +106,7 @@ def _count(net: nn.Module, kind: type[nn.Module]) -> int:
 def _block(name: str) -> RepBlock:
     torch.manual_seed(0)
     block = BLOCKS[name]()
-    randomize_bn(block, seed=1)
+    randomize_extras(randomize_bn(block, seed=1), seed=1)
     return block.double().eval()
 
 
@@ -155,6 +177,45 @@ def test_kernel_helpers_against_functional() -> None:
     kernel, bias = merge_1x1_kxk(k1, b1, k2, b2, groups=2)
     seq = torch.conv2d(torch.conv2d(x, k1, b1, groups=2), k2, b2, groups=2)
     torch.testing.assert_close(torch.conv2d(x, kernel, bias, groups=2), seq, **TOL)
+    # BN before a grouped 1x1 conv (no pads) and before a Linear
+    bn = randomize_bn(nn.BatchNorm2d(8), seed=4).double().eval()
+    k, b = fold_input_bn(k1, b1, bn, groups=2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.conv2d(x, k, b, groups=2), torch.conv2d(bn(x), k1, b1, groups=2), **TOL
+        )
+    bn1d = randomize_bn(nn.BatchNorm1d(8), seed=5).double().eval()
+    w = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    tokens = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    w_fused, b_fused = fold_input_bn(w, None, bn1d)
+    with torch.no_grad():
+        torch.testing.assert_close(tokens @ w_fused.T + b_fused, bn1d(tokens) @ w.T, **TOL)
+
+
+def test_orepa_prior_matches_reference_formula() -> None:
+    """The reference fills the prior with loops (k = 3): rows for the first half of the
+    channels, columns for the second."""
+    import math
+
+    prior = orepa_prior(6, 3)
+    for i in range(6):
+        for h in range(3):
+            for w in range(3):
+                want = (
+                    math.cos(math.pi * (h + 0.5) * (i + 1) / 3)
+                    if i < 3
+                    else math.cos(math.pi * (w + 0.5) * (i + 1 - 3) / 3)
+                )
+                assert prior[i, h, w].item() == pytest.approx(want, abs=1e-15)
+
+
+def test_qarepvgg_branches_follow_reference() -> None:
+    """Identity and average pool only with in == out and stride 1; the 1x1 conv has no BN."""
+    same, strided = QARepVGGBlock(8, 8), QARepVGGBlock(8, 8, stride=2)
+    assert isinstance(same.rbr_identity, nn.Identity) and isinstance(same.rbr_avg, nn.AvgPool2d)
+    assert same.rbr_avg.count_include_pad and same.rbr_avg.padding == 1
+    assert strided.rbr_identity is None and strided.rbr_avg is None
+    assert isinstance(same.rbr_1x1, nn.Conv2d) and same.rbr_1x1.bias is None
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
@@ -168,10 +229,14 @@ def test_net_deploy_equals_training_form(name: str) -> None:
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), net(x), **TOL)
     blocks = rep_blocks(deployed)
-    assert blocks and all(b.deployed for b in blocks)
-    assert _count(deployed, nn.Conv2d) == len(blocks) == len(rep_blocks(net))
+    assert all(b.deployed for b in blocks) and is_deployed(deployed)
+    if isinstance(net, RepNet):
+        # Pure CNNs: one conv per block. (Hybrid nets: tests/models/test_hybrid.py counts.)
+        assert blocks and _count(deployed, nn.Conv2d) == len(blocks) == len(rep_blocks(net))
     assert _count(deployed, nn.modules.batchnorm._BatchNorm) == 0
-    assert not any(b.deployed for b in rep_blocks(net))  # deploy_copy leaves net alone
+    # deploy_copy leaves net alone
+    assert not any(b.deployed for b in rep_blocks(net))
+    assert net.state_dict().keys() == spec.factory().state_dict().keys()
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
@@ -182,11 +247,14 @@ def test_net_factory_is_deterministic_and_folds_matter(name: str) -> None:
     state_a, state_b = a.state_dict(), b.state_dict()
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    bns = [m for m in a.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns
+    bns = [m for m in a.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    lns = [m for m in a.modules() if isinstance(m, nn.LayerNorm)]
+    assert bns or lns  # the ViT nets normalize with LayerNorm only
     for bn in bns:
         assert bn.running_mean.abs().max() > 0 and (bn.running_var - 1).abs().max() > 0
         assert (bn.weight - 1).abs().max() > 0 and bn.bias.abs().max() > 0
+    for ln in lns:
+        assert (ln.weight - 1).abs().max() > 0 and ln.bias.abs().max() > 0
 
 
 def test_switch_to_deploy_on_net_in_place() -> None:

@@ -3,6 +3,13 @@
 Parity is checked at ``ORT_DISABLE_ALL`` in float32 with ``rtol = 1e-4`` and
 ``atol = 1e-4 * max|torch output|``: the exporters reorder float32 arithmetic (fused Conv+BN,
 precomputed constants), observed errors are <= 1e-6 relative to the output's magnitude.
+
+Node counts are checked against the torch modules of each net (``_module_counts``), so the same
+assertions hold for pure CNNs and hybrids: one ``Conv`` per ``nn.Conv2d`` (plus one per OREPA
+block, whose conv is functional), one ``BatchNormalization`` per BatchNorm (1d or 2d), one
+``Gemm``/``MatMul`` per ``nn.Linear``, one ``LayerNormalization`` per ``nn.LayerNorm`` from
+opset 17 on; the TorchScript exporter's EVAL mode fuses exactly the BNs that read a
+``nn.Conv2d``'s output.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import torch
 from torch import nn
 
 from models import bundle as bundle_module
+from models.blocks import OREPABlock
 from models.export import DYNAMO_OPSET, FORMS, TORCHSCRIPT_OPSET, export, main
-from models.nets import NETWORKS, rep_blocks
+from models.nets import NETWORKS, RepNet, deploy_copy, rep_blocks
 
+HYBRID = ("fastvit", "repvit", "replknet", "mobilenetv3", "vit_mlp", "vit_mlp_op14")
 # Every form on these; the cheap TorchScript forms on every other net (dynamo exports cost ~1-4 s).
-FULL = ("convbn_stack", "repvgg", "dbb")
+FULL = ("convbn_stack", "repvgg", "dbb", *HYBRID, "qarepvgg", "orepa")
 CASES = [(net, form) for net in FULL for form in FORMS] + [
     (net, form)
     for net in NETWORKS
@@ -34,6 +43,41 @@ CASES += [("dbb_resnet18", "preserve"), ("mobileone", "dynamo"), ("residual", "d
 
 def _ops(model: onnx.ModelProto) -> collections.Counter[str]:
     return collections.Counter(node.op_type for node in model.graph.node)
+
+
+def _module_counts(net: nn.Module, input_shape: tuple[int, ...]) -> collections.Counter[str]:
+    """What each kind of module of ``net`` exports to, keyed by ONNX op.
+
+    ``fused_bn`` counts the BatchNorms whose input is the output of an ``nn.Conv2d`` (found by
+    running ``net`` once with hooks): the ones the exporters' Conv+BN fusion can fold.
+    """
+    counts: collections.Counter[str] = collections.Counter()
+    conv_outputs: list[torch.Tensor] = []
+    hooks = []
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            counts["Conv"] += 1
+            hooks.append(m.register_forward_hook(lambda mod, i, out: conv_outputs.append(out)))
+        elif isinstance(m, OREPABlock) and not m.deployed:
+            counts["Conv"] += 1  # F.conv2d with the generated kernel
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            counts["BatchNormalization"] += 1
+
+            def after_conv(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+                counts["fused_bn"] += any(inputs[0] is out for out in conv_outputs)
+
+            hooks.append(m.register_forward_pre_hook(after_conv))
+        elif isinstance(m, nn.Linear):
+            counts["Linear"] += 1
+        elif isinstance(m, nn.LayerNorm):
+            counts["LayerNormalization"] += 1
+    try:
+        with torch.no_grad():
+            net(torch.zeros(input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts
 
 
 def _ort_run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -58,31 +102,55 @@ def test_export_form(name: str, form: str, deploy: bool, exports) -> None:
     path = exports(name, form, deploy)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
+    torchscript = form in ("preserve", "torchscript")
+    opset = (spec.opset or TORCHSCRIPT_OPSET) if torchscript else DYNAMO_OPSET
     assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [
-        ("", TORCHSCRIPT_OPSET if form in ("preserve", "torchscript") else DYNAMO_OPSET)
+        ("", opset)
     ]
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
     ops = _ops(model)
-    num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
-    num_conv = sum(isinstance(m, nn.Conv2d) for m in net.modules())
+    want = _module_counts(deploy_copy(net) if deploy else net, spec.input_shape)
+    assert ops["Conv"] == want["Conv"]
+    assert ops["Gemm"] + ops["MatMul"] == want["Linear"]
+    assert ops["LayerNormalization"] == (want["LayerNormalization"] if opset >= 17 else 0)
     if deploy:
-        assert ops["BatchNormalization"] == 0
-        assert ops["Conv"] == len(rep_blocks(net))
+        assert want["BatchNormalization"] == ops["BatchNormalization"] == 0
+        if isinstance(net, RepNet):
+            assert ops["Conv"] == len(rep_blocks(net))  # pure CNNs: one conv per block
     elif form in ("preserve", "dynamo"):
         # Nothing is fused: one BatchNormalization (inference mode) per BN module.
-        assert ops["BatchNormalization"] == num_bn
-        assert ops["Conv"] == num_conv
+        assert ops["BatchNormalization"] == want["BatchNormalization"]
         for node in model.graph.node:
             if node.op_type == "BatchNormalization":
                 assert len(node.output) == 1
                 assert all(a.name != "training_mode" or a.i == 0 for a in node.attribute)
+    elif form == "torchscript":
+        # Exactly the BNs that read an nn.Conv2d's output are fused into it; a BN after a sum
+        # of branches, an identity BN, a pre-BN, a BatchNorm1d and OREPA's BN (its conv kernel
+        # is computed, not an initializer) stay.
+        assert ops["BatchNormalization"] == want["BatchNormalization"] - want["fused_bn"]
     else:
-        assert ops["Conv"] == num_conv
-        assert ops["BatchNormalization"] < num_bn
+        # The optimizer fuses at least those; constant folding may first turn a generated
+        # kernel into an initializer (OREPA) and fuse its BN too.
+        assert ops["BatchNormalization"] <= want["BatchNormalization"] - want["fused_bn"]
 
     x = torch.randn(spec.input_shape, generator=torch.Generator().manual_seed(5))
     _assert_parity(path, net, x)
+
+
+def test_layernorm_is_one_op_from_opset_17(exports) -> None:
+    """vit_mlp's TorchScript forms (opset 17) write LayerNormalization; vit_mlp_op14's (opset 14,
+    before the op existed) write it as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add."""
+    num_ln = sum(isinstance(m, nn.LayerNorm) for m in exports.net("vit_mlp").modules())
+    for form in ("preserve", "torchscript"):
+        assert _ops(onnx.load(str(exports("vit_mlp", form))))["LayerNormalization"] == num_ln
+        ops = _ops(onnx.load(str(exports("vit_mlp_op14", form))))
+        assert ops["LayerNormalization"] == 0
+        for op in ("Sub", "Pow", "Sqrt", "Div"):
+            assert ops[op] >= num_ln, op
+        # two ReduceMeans per LayerNorm (mean, variance) plus the token mean
+        assert ops["ReduceMean"] == 2 * num_ln + 1
 
 
 # DBB's slice assignments are where the TorchScript tracer bakes in the batch size; the dynamo
