@@ -216,7 +216,7 @@ def _optimize(args: argparse.Namespace) -> int:
         report_format(args.report)
     if args.deploy_form and not args.bench:
         raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
-
+    _warm_up(args)
     model = ui.load(src)
     deploy = ui.load(args.deploy_form) if args.deploy_form else None
     with ui.step("optimizing"):
@@ -260,6 +260,14 @@ def _optimize(args: argparse.Namespace) -> int:
         kept = "written anyway (--keep-on-mismatch)" if report.written else "not written"
         ui.error(f"outputs differ beyond tolerance; {dst} {kept}")
     return code
+
+
+def _warm_up(args: argparse.Namespace) -> None:
+    """Start the fusion audit's onnxruntime process while the model loads."""
+    if not args.no_audit:
+        from onnxrep.audit import warm_up
+
+        warm_up()
 
 
 def _verify(ui: _Console, args: argparse.Namespace, a: object, b: object) -> CompareResult:
@@ -320,6 +328,7 @@ def _check(args: argparse.Namespace) -> int:
     bar = args.min_speedup
     if bar is not None and not bar > 0:
         raise OnnxrepError("--min-speedup must be a positive number")
+    _warm_up(args)
     model = ui.load(args.input)
     with ui.step("optimizing"):
         result = optimize(model, skip=args.skip, audit=not args.no_audit)

@@ -154,9 +154,10 @@ class ShapeInfo:
     dtypes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def infer(cls, model: onnx.ModelProto) -> ShapeInfo:
-        """Run ONNX shape inference on a copy of the model without its large weights."""
-        skeleton = light_copy(model)
+    def infer(cls, model: onnx.ModelProto, light: onnx.ModelProto | None = None) -> ShapeInfo:
+        """Run ONNX shape inference on a copy of the model without its large weights
+        (``light``, if the caller has made it already)."""
+        skeleton = light if light is not None else light_copy(model)
         try:
             inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
         except Exception:  # inference is advisory: without it only fewer folds are proven

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 from google.protobuf.message import EncodeError, Message
 from onnx import external_data_helper
@@ -39,12 +38,12 @@ __all__ = [
     "copy_field",
     "fits",
     "light_copy",
+    "light_keeps",
     "load",
     "mode_for",
     "save",
     "serialize_chunks",
     "serialized_size",
-    "small_or_not_float",
     "validate",
     "write_temp",
 ]
@@ -445,25 +444,32 @@ def _externalize(
     return shell, temp
 
 
-def small_or_not_float(name: str, elem_type: int, elements: int) -> bool:
-    """Keep a tensor's values in a light copy: it is not a float tensor of over 64 elements."""
-    del name
-    return elem_type not in FLOAT_TYPES or elements <= 64
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def light_keeps(qdq: set[str]) -> InlinePredicate:
+    """Which tensors keep their values in a light copy: all but float tensors of over 64
+    elements, and those too when a Quantize/DequantizeLinear reads them (names in ``qdq``: the
+    runtime's quantized kernels need their scales)."""
+
+    def keep(name: str, elem_type: int, elements: int) -> bool:
+        return elem_type not in FLOAT_TYPES or elements <= 64 or name in qdq
+
+    return keep
 
 
 InlinePredicate = Callable[[str, int, int], bool]
 """``(name, element type, element count)`` → keep the tensor's values in a light copy."""
 
 
-def light_copy(
-    model: onnx.ModelProto, keep: InlinePredicate = small_or_not_float
-) -> onnx.ModelProto:
-    """The model with the initializers ``keep`` declines replaced by graph inputs of equal shape.
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large float initializers replaced by graph inputs of equal shape.
 
     Shape inference reads the values of small integer tensors (Reshape targets, Pad amounts) but
     only the shapes of weights, and the checker's structural rules hold for both, so this keeps
-    inference and checks cheap for large models.
+    inference and checks cheap for large models (see :func:`light_keeps`).
     """
+    keep = light_keeps({x for n in model.graph.node if n.op_type in QDQ_OPS for x in n.input})
     skeleton = onnx.ModelProto()
     for descriptor, value in model.ListFields():
         if descriptor.name != "graph":
@@ -475,7 +481,7 @@ def light_copy(
             copy_field(g, descriptor.name, value)
     declared = {v.name for v in src.input}
     for t in src.initializer:
-        if not keep(t.name, t.data_type, int(np.prod(t.dims, dtype=np.int64))):
+        if not keep(t.name, t.data_type, math.prod(t.dims)):
             if t.name not in declared:
                 g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
         else:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -58,19 +60,32 @@ def optimize(
     of the weights is ever held. ``audit`` runs the fusion audit (:mod:`onnxrep.audit`), which
     withdraws any fold that would split a kernel onnxruntime fuses in the input.
     """
-    with _no_cyclic_gc():
+    with _interpreter_tuned():
         return _optimize(model, skip, max_rounds, in_place, audit)
 
 
+SWITCH_INTERVAL = 1e-4
+"""Seconds between the interpreter's thread switches while optimizing (default 5e-3)."""
+
+
 @contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Python's cyclic collector walks every live object each time it runs; a graph of many
-    thousand nodes makes that quadratic in model size. Nothing here needs it while it runs."""
+def _interpreter_tuned() -> Iterator[None]:
+    """Two process-wide settings for the duration of one optimization, restored after it.
+
+    Python's cyclic collector walks every live object each time it runs; a graph of many
+    thousand nodes makes that quadratic in model size, and nothing here needs it. The fusion
+    audit's thread spends its time in onnxruntime, which releases the GIL; each time it
+    returns it waits for the main thread to yield, by default up to 5 ms, which would leave
+    the main thread waiting for it at the end: a short switch interval hands the GIL over in
+    time."""
     enabled = gc.isenabled()
+    interval = sys.getswitchinterval()
     gc.disable()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         yield
     finally:
+        sys.setswitchinterval(interval)
         if enabled:
             gc.enable()
 
@@ -95,10 +110,11 @@ def _optimize(
     io.validate(original)
 
     before = ModelStats.of(original)
-    checker = _Auditor(original) if audit else None
+    light = io.light_copy(original)
+    checker = _Auditor(original, light) if audit else None
     protected: dict[str, str] = {}
     while True:
-        run = _passes(original, skipped_families, max_rounds, protected)
+        run = _passes(original, light, skipped_families, max_rounds, protected)
         if checker is None or not checker.withdraw(run, protected):
             break
 
@@ -140,11 +156,12 @@ class _Run:
     removed: int
     folded: int
     original: onnx.ModelProto
+    shapes: ShapeInfo
 
 
 def _passes(
-    original: onnx.ModelProto, skipped_families: frozenset[str], max_rounds: int,
-    protected: dict[str, str],
+    original: onnx.ModelProto, light: onnx.ModelProto, skipped_families: frozenset[str],
+    max_rounds: int, protected: dict[str, str],
 ) -> _Run:
     """Import ``original``, canonicalize, fold constants, then run the passes to a fixpoint.
     Nodes whose output is in ``protected`` (and every runtime idiom) are left alone."""
@@ -153,7 +170,7 @@ def _passes(
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
     state = PassState(
-        ShapeInfo.infer(original), pinned, Names.of(original), skipped_families, opset
+        ShapeInfo.infer(original, light), pinned, Names.of(original), skipped_families, opset
     )
     removed = canonicalize(graph, pinned)
     folded = 0
@@ -184,7 +201,7 @@ def _passes(
         applied += folds_this_round
         if not folds_this_round:
             break
-    return _Run(graph, applied, skipped, rounds, removed, folded, original)
+    return _Run(graph, applied, skipped, rounds, removed, folded, original, state.shapes)
 
 
 class _Auditor:
@@ -193,11 +210,11 @@ class _Auditor:
     MAX_ROUNDS = 3
     """Reruns of the passes with more nodes kept out, before a loss is reported as remaining."""
 
-    def __init__(self, original: onnx.ModelProto) -> None:
+    def __init__(self, original: onnx.ModelProto, light: onnx.ModelProto) -> None:
         from onnxrep import audit
 
         self._audit = audit
-        self._pending = audit.Pending(original)
+        self._pending = audit.Pending(original, light)
         self.result = audit.AuditResult()
         self._rounds = 0
 
@@ -220,8 +237,9 @@ class _Auditor:
             result.at_risk = len(risky)
             if not risky:
                 return False
-            qdq = audit.qdq_inputs((n.op, (t.name for t in n.inputs)) for n in run.graph.nodes)
-            after = audit.inventory(skeleton(run.graph, run.original, audit.keep_predicate(qdq)))
+            region = set().union(*(k.replaced for k in risky))
+            copy, weights = _neighbourhood(run, region)
+            after = audit.inventory(copy, weights)
             result.after = after.counts()
             losses = audit.splits(risky, after)
         except audit.AuditUnavailable as e:
@@ -240,6 +258,57 @@ class _Auditor:
                       f"found that folding it splits the kernel)")
             protected.update(dict.fromkeys(loss.nodes, reason))
         return True
+
+
+def _neighbourhood(run: _Run, region: set[str]) -> tuple[onnx.ModelProto, set[str]]:
+    """The part of ``run``'s graph the audit needs to see what onnxruntime fuses where the
+    input had the kernels of ``region`` (their tensors): every node that computes one of those
+    tensors, and every reader of what they compute (a tensor read outside a fusion keeps the
+    runtime from fusing it, as in the whole graph). Returns the model (its inputs typed and
+    shaped as inference knows them, large weights as inputs) and the names standing for
+    weights."""
+    inside = {id(n): n for n in run.graph.nodes if any(t.name in region for t in n.outputs)}
+    for n in list(inside.values()):
+        for t in n.outputs:
+            inside.update((id(r), r) for r in t.outputs)
+    nodes = [n for n in run.graph.nodes if id(n) in inside]  # in graph order
+    produced = {t.name for n in nodes for t in n.outputs}
+    outputs = {t.name for t in run.graph.outputs}
+    model = _shell(run.original)
+    g = model.graph
+    g.node.extend(OnnxExporter.export_node(n) for n in nodes)
+    keep = io.light_keeps({t.name for n in nodes if n.op in io.QDQ_OPS for t in n.inputs})
+    weights: set[str] = set()
+    seen: set[str] = set()
+    for n in nodes:
+        for t in n.inputs:
+            if not t.name or t.name in produced or t.name in seen:
+                continue
+            seen.add(t.name)
+            if isinstance(t, gs.Constant):
+                weights.add(t.name)
+                elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+                if keep(t.name, elem, math.prod(t.shape)):
+                    _append_initializer(g, t.name, constant(t))
+                    continue
+                g.input.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
+            else:
+                g.input.append(_typed(t, run.shapes))
+    for n in nodes:
+        for t in n.outputs:
+            if t.name in outputs or any(id(r) not in inside for r in t.outputs) or not t.outputs:
+                g.output.append(_typed(t, run.shapes))
+    return model, weights
+
+
+def _typed(t: gs.Tensor, shapes: ShapeInfo) -> onnx.ValueInfoProto:
+    """A value info of ``t`` with the type and shape inference (or the graph) knows."""
+    elem = shapes.dtypes.get(t.name) or (
+        onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)) if t.dtype is not None else 0)
+    shape = shapes.shapes.get(t.name)
+    return onnx.helper.make_tensor_value_info(
+        t.name, elem, None if shape is None else [d if d is not None else f"d{i}"
+                                                    for i, d in enumerate(shape)])
 
 
 def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) -> onnx.ModelProto:
@@ -335,12 +404,11 @@ def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> No
         t.CopyFrom(numpy_helper.from_array(values, name))
 
 
-def skeleton(
-    graph: gs.Graph, source: onnx.ModelProto, keep: io.InlinePredicate = io.small_or_not_float
-) -> onnx.ModelProto:
-    """``graph`` as a ModelProto for shape inference (or the fusion audit): its nodes, the
-    constants ``keep`` accepts with their values and the others as inputs of the same shape
-    (by default: large float weights, so nothing large is copied)."""
+def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """``graph`` as a ModelProto for shape inference: its nodes, small constants with their
+    values and large float weights as inputs of the same shape (nothing large is copied; see
+    ``io.light_keeps``)."""
+    keep = io.light_keeps({t.name for n in graph.nodes if n.op in io.QDQ_OPS for t in n.inputs})
     model = _shell(source)
     g = model.graph
     g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
@@ -351,7 +419,7 @@ def skeleton(
         if not isinstance(t, gs.Constant) or t.name in declared:
             continue
         elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
-        if keep(t.name, elem, int(np.prod(t.shape))):
+        if keep(t.name, elem, math.prod(t.shape)):
             _append_initializer(g, t.name, constant(t))
         else:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import onnxrep
-from onnxrep import audit, idioms
+from onnxrep import audit, idioms, io
 from onnxrep.bench import BenchResult, Timing, ratio_interval
 from onnxrep.cli import EXIT_OK, EXIT_TOO_SLOW, main
 from onnxrep.report import not_faster
@@ -32,12 +32,12 @@ def no_idiom_list(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _kinds(model: onnx.ModelProto) -> dict[str, int]:
-    return audit.inventory(audit.view(model)).counts()
+    return audit.kernels_of(model).counts()
 
 
 def test_inventory_reads_fused_kernels_and_their_insides() -> None:
     model = conv_model(gelu_torchscript)
-    inv = audit.inventory(audit.view(model))
+    inv = audit.kernels_of(model)
     (gelu,) = [k for k in inv.kernels if k.kind == "Gelu"]
     ops = {n.output[0]: n.op_type for n in model.graph.node}
     assert sorted(ops[t] for t in gelu.replaced) == ["Add", "Div", "Erf", "Mul", "Mul"]
@@ -74,8 +74,9 @@ def test_the_audit_keeps_a_layer_norm_no_list_names(no_idiom_list: None) -> None
 def test_nothing_at_risk_costs_no_second_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the guard on, no fold touches the Gelu kernel: the output is not audited at all."""
     calls = []
-    real = audit.inventory
-    monkeypatch.setattr(audit, "inventory", lambda m: calls.append(1) or real(m))
+    real = audit._Worker.submit
+    monkeypatch.setattr(audit._Worker, "submit",
+                        lambda self, data: calls.append(1) or real(self, data))
     result = onnxrep.optimize(conv_model(gelu_torchscript))
     assert result.audit.before["Gelu"] == 1 and result.audit.at_risk == 0
     assert result.audit.after is None and len(calls) == 1  # the input's, in the background
@@ -101,7 +102,7 @@ def test_light_copy_keeps_what_fusions_read() -> None:
     assert weights[0].name not in {t.name for t in copy.graph.initializer}
     assert len(copy.SerializeToString()) < len(model.SerializeToString()) / 20
     qdq = qdq_model()
-    scales = {n.input[1] for n in qdq.graph.node if n.op_type in audit.QDQ}
+    scales = {n.input[1] for n in qdq.graph.node if n.op_type in io.QDQ_OPS}
     assert scales <= {t.name for t in audit.view(qdq).graph.initializer}
 
 

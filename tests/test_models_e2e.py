@@ -6,6 +6,9 @@ form; then
 - the Conv count equals the deploy form's, no op is left that the deploy form lacks (no BN,
   Pad, ScatterND, AveragePool inside the blocks), and no op is more frequent;
 - onnxruntime at ORT_DISABLE_ALL agrees with the deploy form (atol 1e-5 + rtol 1e-5 x max|ref|);
+- onnxruntime fuses in the optimized model every kernel it fuses in the training form (no
+  GELU, HardSwish, LayerNorm, QuickGelu, ... is split), and the idiom guard alone kept them:
+  the fusion audit had nothing to withdraw;
 - against the float64 torch model, the RMS error over 4 inputs is no larger than the deploy
   form's: equal (within 2 %) where onnxrep did all the folding (preserve, dynamo), and within
   25 % of the larger of the deploy form's and the exported model's own error where the exporter
@@ -24,11 +27,14 @@ import pytest
 import torch
 
 import onnxrep
+from onnxrep import audit
 from models.export import FORMS
 from models.nets import NETWORKS
 from onnxrep.verify import session
 
 PREFOLDED = {"torchscript", "dynamo-opt"}
+LAYER_KINDS = ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul", "FusedGemm")
+"""Kernels a fold may merge away (the layers it rewrites); every other kind is an idiom."""
 CASES = [(n, f) for n in NETWORKS for f in FORMS]
 
 
@@ -54,6 +60,14 @@ def test_network_optimizes_to_its_deploy_form(exports, name: str, form: str) -> 
 
     parity = onnxrep.compare(deploy, result.model, atol=1e-5, rtol=1e-5, seeds=2)
     assert parity.ok, parity.outputs
+
+    assert result.audit is not None and result.audit.unavailable is None
+    assert not result.audit.withdrawn and not result.audit.remaining, result.audit
+    before, after = audit.kernels_of(train), audit.kernels_of(result.model)
+    assert audit.splits(before.kernels, after) == []
+    idioms = {k: n for k, n in before.counts().items() if not k.startswith(LAYER_KINDS)}
+    assert all(after.counts().get(k, 0) >= n for k, n in idioms.items()), (before.counts(),
+                                                                          after.counts())
 
     shape = NETWORKS[name].input_shape
     inputs = [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(4)]

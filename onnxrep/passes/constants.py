@@ -24,9 +24,9 @@ runs only where something is foldable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -103,7 +103,7 @@ def _bytes(names: Iterable[str], shapes: ShapeInfo) -> int | None:
         if shape is None or elem is None or any(d is None for d in shape):
             return None
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
-        total += int(np.prod(shape, dtype=np.int64)) * itemsize
+        total += math.prod(shape) * itemsize
     return total
 
 
