@@ -102,15 +102,15 @@ def cli(path: Path, out: Path, rounds: int) -> dict[str, Any]:
 
 def markdown(record: dict[str, Any]) -> str:
     rows = record["rows"]
+    cli = bool(rows) and "cli_ratio" in rows[0]
     lines = [
         f"Audit cost, {record['rounds']} interleaved rounds per row, "
         f"{record['machine']['cpu']} ({record['machine']['cores']} cores), "
         f"{record['machine']['date']}, revision {record['machine']['revision']}.",
         "",
         "| network | form | without (ms) | with (ms) | ratio [95 % interval] | main thread (ms) "
-        "| kernels | touched |" + (" CLI ratio [95 %] |" if rows and "cli_ratio" in rows[0] else ""),
-        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if rows and "cli_ratio" in rows[0]
-                                                     else ""),
+        "| kernels | touched |" + (" CLI ratio [95 %] |" if cli else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if cli else ""),
     ]
     for r in rows:
         line = (f"| {r['net']} | {r['form']} | {r['without_ms']:.1f} | {r['with_ms']:.1f} | "

@@ -27,9 +27,9 @@ import pytest
 import torch
 
 import onnxrep
-from onnxrep import audit
 from models.export import FORMS
 from models.nets import NETWORKS
+from onnxrep import audit
 from onnxrep.verify import session
 
 PREFOLDED = {"torchscript", "dynamo-opt"}
