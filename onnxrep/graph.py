@@ -18,11 +18,11 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxrep.io import light_copy
+from onnxrep.refusal import Refused
 
 __all__ = [
     "Names",
     "ShapeInfo",
-    "Unsupported",
     "attributes",
     "canonicalize",
     "constant",
@@ -34,10 +34,6 @@ __all__ = [
     "subgraph_references",
 ]
 
-
-
-class Unsupported(ValueError):
-    """A node uses an attribute or form that a rule does not handle; the message says which."""
 
 
 def is_default_domain(node: gs.Node) -> bool:
@@ -67,7 +63,7 @@ def attributes(node: gs.Node, known: dict[str, object]) -> dict[str, object]:
     """The node's attributes over ``known`` defaults; any other attribute is refused."""
     unknown = sorted(set(node.attrs) - set(known))
     if unknown:
-        raise Unsupported(f"{node.op} {node.name!r} has unhandled attribute(s) {unknown}")
+        raise Refused(f"{node.op} {node.name!r} has unhandled attribute(s) {unknown}")
     values = dict(known)
     values.update(node.attrs)
     return values

@@ -7,7 +7,7 @@ Every tensor a fold touches is described as an *affine map* of one source tensor
 ``ChannelAffine``  ``y = scale * zero_pad(x, pads) + shift``  (per channel; the identity is
                    ``scale = 1, shift = 0``; ``Pad`` is the identity with pads)
 
-Maps compose, and each operation below returns a new map or raises :class:`Inexact` with a
+Maps compose, and each operation below returns a new map or raises :class:`Refused` with a
 reason a user can read. Nothing here knows about ONNX graphs; callers cast the float64 result
 once to the model's dtype.
 
@@ -37,12 +37,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from onnxrep.refusal import Refused
+
 __all__ = [
     "ChannelAffine",
     "ConvMap",
-    "Inexact",
     "Lazy",
     "Map",
+    "Refused",
     "add",
     "affine",
     "avg_pool",
@@ -57,10 +59,6 @@ __all__ = [
     "resolve_auto_pad",
     "to_conv",
 ]
-
-
-class Inexact(ValueError):
-    """A rewrite that would not be exact; the message says why."""
 
 
 class Lazy:
@@ -190,7 +188,7 @@ def _vec(values: np.ndarray | float, channels: int | None, what: str) -> np.ndar
     """A float64 vector of length 1 or ``channels``."""
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if v.size != 1 and channels is not None and v.size != channels:
-        raise Inexact(f"{what} has {v.size} values for {channels} channels")
+        raise Refused(f"{what} has {v.size} values for {channels} channels")
     return v
 
 
@@ -220,7 +218,7 @@ def macs(m: Map) -> float:
 def identity_kernel(channels: int, group: int, rank: int) -> np.ndarray:
     """The group-aware identity: ``W[i, i mod (C/g), centre] = 1``, shape ``[C, C/g, 1...]``."""
     if channels % group:
-        raise Inexact(f"{channels} channels do not split into {group} groups")
+        raise Refused(f"{channels} channels do not split into {group} groups")
     per_group = channels // group
     w = np.zeros((channels, per_group) + (1,) * rank)
     idx = np.arange(channels)
@@ -234,9 +232,9 @@ def to_conv(m: Map, group: int, channels: int | None = None) -> ConvMap:
         return m
     c = m.channels if m.channels is not None else channels
     if c is None:
-        raise Inexact("the channel count of an identity branch is unknown")
+        raise Refused("the channel count of an identity branch is unknown")
     if c % group:
-        raise Inexact(f"{c} channels do not split into {group} groups")
+        raise Refused(f"{c} channels do not split into {group} groups")
     scale = _vec(m.scale, c, "scale")
     rank = m.rank
     w = Lazy((c, c // group) + (1,) * rank,
@@ -254,7 +252,7 @@ def regroup_weight(weight: np.ndarray, group: int, coarser: int) -> np.ndarray:
     if group == coarser:
         return weight
     if group % coarser:
-        raise Inexact(f"{coarser} groups do not refine into {group}")
+        raise Refused(f"{coarser} groups do not refine into {group}")
     cout, in_g = weight.shape[:2]
     out_g, per = cout // group, group // coarser
     out = np.zeros((cout, in_g * per, *weight.shape[2:]))
@@ -271,7 +269,7 @@ def regroup(m: ConvMap, coarser: int) -> ConvMap:
     if m.group == coarser:
         return m
     if m.group % coarser:
-        raise Inexact(f"{coarser} groups do not refine into {m.group}")
+        raise Refused(f"{coarser} groups do not refine into {m.group}")
     parent, group = m.weight, m.group
     shape = (m.cout, m.cin // coarser, *m.kernel)
     return replace(m, weight=Lazy(shape, lambda: regroup_weight(parent.value(), group, coarser)),
@@ -344,7 +342,7 @@ class _Axis:
 
 def _axes(m: Map) -> list[_Axis]:
     if isinstance(m, ConvMap) and m.auto_pad != "NOTSET":
-        raise Inexact(f"auto_pad={m.auto_pad} with stride > 1 depends on the input size")
+        raise Refused(f"auto_pad={m.auto_pad} with stride > 1 depends on the input size")
     r = m.rank
     kernel = m.kernel if isinstance(m, ConvMap) else (1,) * r
     dil = m.dilations if isinstance(m, ConvMap) else (1,) * r
@@ -360,7 +358,7 @@ def _align(maps: Sequence[Map]) -> tuple[tuple[int, ...], tuple[int, ...], tuple
     """
     ranks = {m.rank for m in maps}
     if len(ranks) != 1:
-        raise Inexact(f"branches have different spatial ranks {sorted(ranks)}")
+        raise Refused(f"branches have different spatial ranks {sorted(ranks)}")
     (r,) = ranks
     per_map = [_axes(m) for m in maps]
     kernel, dilations, begins, ends = [], [], [], []
@@ -369,17 +367,17 @@ def _align(maps: Sequence[Map]) -> tuple[tuple[int, ...], tuple[int, ...], tuple
         axes = [a[i] for a in per_map]
         strides = {a.s for a in axes}
         if len(strides) != 1:
-            raise Inexact(f"branches have different strides {sorted(strides)} on axis {i}")
+            raise Refused(f"branches have different strides {sorted(strides)} on axis {i}")
         dil = {a.d for a in axes if a.k > 1}
         if len(dil) > 1:
-            raise Inexact(f"branches have different dilations {sorted(dil)} on axis {i}")
+            raise Refused(f"branches have different dilations {sorted(dil)} on axis {i}")
         d = dil.pop() if dil else 1
         extents = {a.p0 + a.p1 - d * (a.k - 1) for a in axes}
         if len(extents) != 1:
-            raise Inexact(f"branch output sizes differ on axis {i} (pads do not align)")
+            raise Refused(f"branch output sizes differ on axis {i} (pads do not align)")
         p0 = max(a.p0 for a in axes)
         if any((p0 - a.p0) % d for a in axes):
-            raise Inexact(f"pads are not a whole number of dilated taps apart on axis {i}")
+            raise Refused(f"pads are not a whole number of dilated taps apart on axis {i}")
         offs = [(p0 - a.p0) // d for a in axes]
         k = max(o + a.k for o, a in zip(offs, axes, strict=True))
         p1 = extents.pop() + d * (k - 1) - p0
@@ -440,7 +438,7 @@ def _common_group(maps: Sequence[Map]) -> int:
 def _channel_count(maps: Sequence[Map], what: str) -> int | None:
     counts = {c for c in map(_channels_of, maps) if c is not None}
     if len(counts) > 1:
-        raise Inexact(f"{what} have different channel counts {sorted(counts)}")
+        raise Refused(f"{what} have different channel counts {sorted(counts)}")
     return counts.pop() if counts else None
 
 
@@ -454,7 +452,7 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
     if all(isinstance(m, ChannelAffine) for m in maps):
         pads = {m.pads for m in maps}
         if len(pads) != 1:
-            raise Inexact("padded identity branches with different pads")
+            raise Refused("padded identity branches with different pads")
         ch = _channel_count(maps, "branches")
         scale = sum(s * _vec(m.scale, ch, "scale") for s, m in zip(signs, maps, strict=True))
         shift = sum(s * _vec(m.shift, ch, "shift") for s, m in zip(signs, maps, strict=True))
@@ -464,14 +462,14 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
     couts = {m.cout for m in maps if isinstance(m, ConvMap)}
     cins = {m.cin for m in maps if isinstance(m, ConvMap)}
     if len(couts) != 1 or len(cins) != 1:
-        raise Inexact("branches have different channel counts")
+        raise Refused("branches have different channel counts")
     (cout,), (cin,) = couts, cins
     for m in maps:
         if isinstance(m, ChannelAffine):
             if cin != cout:
-                raise Inexact(f"identity branch needs equal in/out channels ({cin} != {cout})")
+                raise Refused(f"identity branch needs equal in/out channels ({cin} != {cout})")
             if m.channels is not None and m.channels != cout:
-                raise Inexact("identity branch has a different channel count")
+                raise Refused("identity branch has a different channel count")
     convs = [regroup(to_conv(m, group, cout), group) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
     parents = [(s, m.weight, o) for s, m, o in zip(signs, convs, offsets, strict=True)]
@@ -490,9 +488,9 @@ def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
     are written densely first (§7); the region's cost check decides whether that pays."""
     cins = {m.cin for m in maps if isinstance(m, ConvMap)}
     if not cins and channels is None:
-        raise Inexact("the channel count of an identity branch is unknown")
+        raise Refused("the channel count of an identity branch is unknown")
     if len(cins) > 1:
-        raise Inexact("concatenated branches read different channel counts")
+        raise Refused("concatenated branches read different channel counts")
     cin = cins.pop() if cins else channels
     convs = [regroup(to_conv(m, 1, cin), 1) for m in maps]
     kernel, dilations, pads, offsets = _align(convs)
@@ -512,7 +510,7 @@ def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
 
 def _border_ok(bias: np.ndarray, outer_pads: tuple[int, ...], what: str) -> None:
     if any(outer_pads) and np.any(bias != 0):
-        raise Inexact(f"{what} zero-pads a tensor whose border value (its bias) is not 0")
+        raise Refused(f"{what} zero-pads a tensor whose border value (its bias) is not 0")
 
 
 def _contract_groups(inner: ConvMap, outer: ConvMap) -> tuple[Lazy, int]:
@@ -567,12 +565,12 @@ def compose(inner: Map, outer: Map) -> Map:
     (``W = W_outer · W_inner``, ``b = W_outer · b_inner + b_outer``; always exact).
     """
     if inner.rank != outer.rank:
-        raise Inexact("maps of different spatial rank")
+        raise Refused("maps of different spatial rank")
     ch_in, ch_out = _channels_of(inner), (
         outer.cin if isinstance(outer, ConvMap) else outer.channels
     )
     if ch_in is not None and ch_out is not None and ch_in != ch_out:
-        raise Inexact(f"channel counts do not chain ({ch_in} -> {ch_out})")
+        raise Refused(f"channel counts do not chain ({ch_in} -> {ch_out})")
     if isinstance(outer, ChannelAffine):
         # scale * zero_pad(inner) + shift
         scaled = affine(inner, outer.scale, np.zeros(1))
@@ -585,7 +583,7 @@ def compose(inner: Map, outer: Map) -> Map:
         inner = to_conv(inner, outer.cin, outer.cin)
     if inner.pointwise and not (isinstance(inner, ConvMap) and inner.auto_pad != "NOTSET"):
         if outer.auto_pad != "NOTSET" and any(inner.pads):
-            raise Inexact(f"auto_pad={outer.auto_pad} after a padded map")
+            raise Refused(f"auto_pad={outer.auto_pad} after a padded map")
         _border_ok(inner.bias, outer_pads, "the second conv")
         weight, group = _contract_groups(inner, outer)
         bias, mag = _chain_bias(inner, outer)
@@ -597,7 +595,7 @@ def compose(inner: Map, outer: Map) -> Map:
         weight, group = _contract_groups(inner, outer)
         bias, mag = _chain_bias(inner, outer)
         return replace(inner, weight=weight, bias=bias, group=group, bias_mag=mag)
-    raise Inexact("neither convolution is 1x1 with stride 1 (and no pads after)")
+    raise Refused("neither convolution is 1x1 with stride 1 (and no pads after)")
 
 
 def pad(
@@ -616,12 +614,12 @@ def pad(
     without bias) admits only an exact zero.
     """
     if not m.pointwise or (isinstance(m, ConvMap) and m.auto_pad != "NOTSET"):
-        raise Inexact("padding after a convolution with a kernel larger than 1x1 or a stride")
+        raise Refused("padding after a convolution with a kernel larger than 1x1 or a stride")
     bias = m.bias if isinstance(m, ConvMap) else m.shift
     value = np.asarray(value, dtype=np.float64).reshape(-1)
     scale = float(np.max(_bias_mag(m), initial=0.0))
     if np.any(np.abs(bias - value) > tolerance * scale):
-        raise Inexact("pad value differs from the padded tensor's value at zero input")
+        raise Refused("pad value differs from the padded tensor's value at zero input")
     new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
     return replace(m, pads=new_pads)
 
@@ -659,7 +657,7 @@ def resolve_auto_pad(
     if auto_pad == "VALID":
         return (0,) * (2 * r)
     if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
-        raise Inexact(f"unknown auto_pad {auto_pad!r}")
+        raise Refused(f"unknown auto_pad {auto_pad!r}")
     begins, ends = [], []
     for i in range(r):
         k, s, d = kernel[i], strides[i], dilations[i]

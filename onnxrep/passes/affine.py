@@ -13,9 +13,10 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, is_constant
+from onnxrep.graph import is_constant
 from onnxrep.passes.channelwise import BINARY_OPS, binary_affine, constant_operand
 from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "conv-affine"
 
@@ -38,7 +39,7 @@ def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         try:
             scale, shift = binary_affine(node, c.map.rank + 2, channels)
             out.append(c.then(node, nx.affine(c.map, scale, shift), FAMILY))
-        except (Unsupported, nx.Inexact) as e:
+        except Refused as e:
             if c.nodes:
                 ctx.note(node, FAMILY, str(e))
     return out

@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 from onnxrep import numerics as nx
 from onnxrep.graph import constant, is_constant
 from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "border-fill"
 
@@ -195,7 +196,7 @@ def border_fill_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     for c in ctx.operands(nodes[0], slot, FAMILY):
         try:
             padded = nx.pad(c.map, pads, values, tolerance=_tolerance(dtype))
-        except nx.Inexact as e:
+        except Refused as e:
             reasons.append(str(e))
             continue
         out_candidates.append(c.extend(nodes, padded, FAMILY))

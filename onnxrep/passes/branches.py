@@ -29,6 +29,7 @@ from onnxrep.passes.regions import (
     partial_rule,
     rule,
 )
+from onnxrep.refusal import Refused
 
 FAMILY = "branches"
 
@@ -57,7 +58,7 @@ def sum_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         parts = [s[id(source)] for s in by_source]
         try:
             merged = nx.add([p.map for p in parts], signs)
-        except nx.Inexact as e:
+        except Refused as e:
             if any(p.nodes for p in parts):
                 ctx.note(node, FAMILY, str(e))
             continue
@@ -133,7 +134,7 @@ def _best_group(
             continue
         try:
             merged = nx.add([p.map for p in parts], [terms[i][0] for i in members])
-        except nx.Inexact as e:
+        except Refused as e:
             ctx.note(root, FAMILY, str(e))
             continue
         if not isinstance(merged, nx.ConvMap):

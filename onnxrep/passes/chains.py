@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, Unsupported, is_default_domain, shared_reason
+from onnxrep.graph import ShapeInfo, is_default_domain, shared_reason
 from onnxrep.passes.channelwise import affine_chain, is_affine
+from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def fold_chains(
             continue
         try:
             layer = parse(node, shapes)
-        except Unsupported as e:
+        except Refused as e:
             if out.outputs[0].op == "BatchNormalization":  # a MatMul + bias Add is no candidate
                 skips.append(Skip(family, node.name, node.op, str(e)))
             continue

@@ -12,7 +12,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, attributes, constant, is_constant
+from onnxrep.graph import attributes, constant, is_constant
+from onnxrep.refusal import Refused
 
 BN_ATTRS = {
     "epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1, "is_test": 1,
@@ -25,12 +26,12 @@ def batch_norm(node: gs.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(t, s, |beta| + |mean t|)`` with ``BN(y) = t * y + s``, inference mode only."""
     attrs = attributes(node, BN_ATTRS)
     if int(attrs["training_mode"]) != 0 or len([o for o in node.outputs if o.name]) > 1:
-        raise Unsupported(f"BatchNormalization {node.name!r} is in training mode")
+        raise Refused(f"BatchNormalization {node.name!r} is in training mode")
     if int(attrs["spatial"]) != 1:
-        raise Unsupported(f"BatchNormalization {node.name!r} has spatial=0")
+        raise Refused(f"BatchNormalization {node.name!r} has spatial=0")
     params = [constant(t) for t in node.inputs[1:5]]
     if len(params) != 4 or any(p is None for p in params):
-        raise Unsupported(f"BatchNormalization {node.name!r} has parameters that are not constants")
+        raise Refused(f"BatchNormalization {node.name!r} has parameters that are not constants")
     return nx.batch_norm_affine(*params, eps=float(attrs["epsilon"]))  # type: ignore[misc]
 
 
@@ -51,14 +52,14 @@ def per_channel(tensor: gs.Constant, rank: int, channels: int | None) -> np.ndar
     float64 vector of length 1 or C. The shape is checked before any value is read."""
     shape = tuple(tensor.shape)
     if len(shape) > rank:
-        raise nx.Inexact(f"a constant of shape {list(shape)} raises the tensor's rank")
+        raise Refused(f"a constant of shape {list(shape)} raises the tensor's rank")
     full = (1,) * (rank - len(shape)) + shape
     if any(d != 1 for i, d in enumerate(full) if i != 1):
-        raise nx.Inexact(f"a constant of shape {list(shape)} is not per channel")
+        raise Refused(f"a constant of shape {list(shape)} is not per channel")
     if full[1] != 1 and channels is not None and full[1] != channels:
-        raise nx.Inexact(f"a constant of {full[1]} values for {channels} channels")
+        raise Refused(f"a constant of {full[1]} values for {channels} channels")
     if np.dtype(tensor.dtype).kind != "f":
-        raise nx.Inexact(f"a {np.dtype(tensor.dtype)} constant")
+        raise Refused(f"a {np.dtype(tensor.dtype)} constant")
     return np.asarray(constant(tensor), dtype=np.float64).reshape(-1)
 
 
@@ -66,11 +67,11 @@ def binary_affine(node: gs.Node, rank: int, channels: int | None) -> tuple[np.nd
     """``(scale, shift)`` of ``Mul/Add/Sub/Div(x, c)`` (either order where that is affine)."""
     found = constant_operand(node)
     if found is None:
-        raise Unsupported(f"{node.op} {node.name!r} has no single constant operand")
+        raise Refused(f"{node.op} {node.name!r} has no single constant operand")
     var, c = found
     v = per_channel(c, rank, channels)
     if not np.all(np.isfinite(v)):
-        raise nx.Inexact(f"{node.op} {node.name!r} uses a constant that is not finite")
+        raise Refused(f"{node.op} {node.name!r} uses a constant that is not finite")
     one, zero = np.ones(1), np.zeros(1)
     if node.op == "Mul":
         return v, zero
@@ -79,9 +80,9 @@ def binary_affine(node: gs.Node, rank: int, channels: int | None) -> tuple[np.nd
     if node.op == "Sub":
         return (one, -v) if var == 0 else (-one, v)
     if var == 1:
-        raise Unsupported(f"Div {node.name!r} divides a constant by the tensor")
+        raise Refused(f"Div {node.name!r} divides a constant by the tensor")
     if np.any(v == 0):
-        raise nx.Inexact(f"Div {node.name!r} divides by zero")
+        raise Refused(f"Div {node.name!r} divides by zero")
     return 1.0 / v, zero
 
 
@@ -109,7 +110,7 @@ def affine_chain(
                 s, b, _ = batch_norm(reader)
             else:
                 s, b = binary_affine(reader, rank, channels)
-        except (Unsupported, nx.Inexact) as e:
+        except Refused as e:
             return nodes, scale, shift, str(e)
         scale, shift = scale * s, shift * s + b
         nodes.append(reader)

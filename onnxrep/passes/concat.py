@@ -12,8 +12,9 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, attributes
+from onnxrep.graph import attributes
 from onnxrep.passes.regions import Candidate, RegionContext, join, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "concat"
 
@@ -24,7 +25,7 @@ def concat_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         return []
     try:
         axis = int(attributes(node, {"axis": None})["axis"])
-    except Unsupported as e:
+    except Refused as e:
         ctx.note(node, FAMILY, str(e))
         return []
     per_operand = [ctx.operands(node, i, FAMILY) for i in range(len(node.inputs))]
@@ -43,7 +44,7 @@ def concat_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
             continue
         try:
             merged = nx.concat([p.map for p in parts], ctx.shapes.dim(first.source.name, 1))
-        except nx.Inexact as e:
+        except Refused as e:
             ctx.note(node, FAMILY, str(e))
             continue
         out.append(join(node, parts, merged, FAMILY))

@@ -14,9 +14,9 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported
 from onnxrep.passes.channelwise import batch_norm
 from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "conv-bn"
 
@@ -25,13 +25,13 @@ FAMILY = "conv-bn"
 def batch_norm_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     try:
         t, s, s_mag = batch_norm(node)
-    except Unsupported as e:
+    except Refused as e:
         ctx.note(node, FAMILY, str(e))
         return []
     out = []
     for c in ctx.operands(node, 0, FAMILY):
         try:
             out.append(c.then(node, nx.affine(c.map, t, s, s_mag), FAMILY))
-        except nx.Inexact as e:
+        except Refused as e:
             ctx.note(node, FAMILY, str(e))
     return out

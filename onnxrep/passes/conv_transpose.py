@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, Unsupported, attributes, constant, is_constant
+from onnxrep.graph import ShapeInfo, attributes, constant, is_constant
 from onnxrep.passes.chains import Layer, fold_chains
+from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
 
 if TYPE_CHECKING:
@@ -34,9 +35,9 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     has_b = len(node.inputs) > 2 and bool(node.inputs[2].name)
     if not is_constant(weight) or (has_b and not is_constant(node.inputs[2])):
-        raise Unsupported(f"ConvTranspose {node.name!r} has weights that are not constants")
+        raise Refused(f"ConvTranspose {node.name!r} has weights that are not constants")
     if np.dtype(weight.dtype).kind != "f":
-        raise Unsupported(f"ConvTranspose {node.name!r} has a {np.dtype(weight.dtype)} weight")
+        raise Refused(f"ConvTranspose {node.name!r} has a {np.dtype(weight.dtype)} weight")
     g = int(attrs["group"])
     shape = tuple(weight.shape)
     cin, per_group = shape[0], shape[1]

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, Unsupported, attributes, constant, is_constant
+from onnxrep.graph import ShapeInfo, attributes, constant, is_constant
 from onnxrep.passes.chains import Layer, fold_chains
+from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
     if not is_constant(weight) or len(weight.shape) != 2 or (
         has_c and not is_constant(node.inputs[2])
     ):
-        raise Unsupported(f"Gemm {node.name!r} has weights that are not constants")
+        raise Refused(f"Gemm {node.name!r} has weights that are not constants")
     if np.dtype(weight.dtype).kind != "f":
-        raise Unsupported(f"Gemm {node.name!r} has {np.dtype(weight.dtype)} weights")
+        raise Refused(f"Gemm {node.name!r} has {np.dtype(weight.dtype)} weights")
     trans_b = int(attrs["transB"])
     n = weight.shape[0] if trans_b else weight.shape[1]
     alpha, beta = float(attrs["alpha"]), float(attrs["beta"])
@@ -58,11 +59,11 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
 def _matmul(node: gs.Node, shapes: ShapeInfo) -> Layer:
     weight = node.inputs[1]
     if not is_constant(weight) or is_constant(node.inputs[0]):
-        raise Unsupported(f"MatMul {node.name!r} has a weight that is not a constant")
+        raise Refused(f"MatMul {node.name!r} has a weight that is not a constant")
     if len(weight.shape) != 2 or shapes.rank(node.inputs[0].name) != 2:
-        raise Unsupported(f"MatMul {node.name!r} is not a 2-D activation times a 2-D weight")
+        raise Refused(f"MatMul {node.name!r} is not a 2-D activation times a 2-D weight")
     if np.dtype(weight.dtype).kind != "f":
-        raise Unsupported(f"MatMul {node.name!r} has a {np.dtype(weight.dtype)} weight")
+        raise Refused(f"MatMul {node.name!r} has a {np.dtype(weight.dtype)} weight")
     n = weight.shape[1]
 
     def rewrite(scale: np.ndarray, shift: np.ndarray) -> tuple[str, list, dict]:

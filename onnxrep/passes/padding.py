@@ -13,8 +13,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, attributes, constant
+from onnxrep.graph import attributes, constant
 from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "pad"
 PAD_ATTRS = {"mode": "constant", "pads": None, "value": 0.0, "paddings": None}
@@ -26,21 +27,21 @@ def pad_spec(node: gs.Node, rank: int) -> tuple[tuple[int, ...], float]:
     mode = attrs["mode"]
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode != "constant":
-        raise nx.Inexact(f"Pad mode {mode!r} is not a constant pad")
+        raise Refused(f"Pad mode {mode!r} is not a constant pad")
     pads = attrs["pads"] if attrs["pads"] is not None else attrs["paddings"]
     value: object = attrs["value"]
     if len(node.inputs) > 1:
         pads = constant(node.inputs[1])
         if pads is None:
-            raise Unsupported(f"Pad {node.name!r} has pads that are not a constant")
+            raise Refused(f"Pad {node.name!r} has pads that are not a constant")
         if len(node.inputs) > 2 and node.inputs[2].name:
             value = constant(node.inputs[2])
             if value is None:
-                raise Unsupported(f"Pad {node.name!r} has a pad value that is not a constant")
+                raise Refused(f"Pad {node.name!r} has a pad value that is not a constant")
         if len(node.inputs) > 3 and node.inputs[3].name:
             axes = constant(node.inputs[3])
             if axes is None:
-                raise Unsupported(f"Pad {node.name!r} has axes that are not a constant")
+                raise Refused(f"Pad {node.name!r} has axes that are not a constant")
             full = np.zeros(2 * rank, dtype=np.int64)
             n = len(axes)
             for j, a in enumerate(int(a) % rank for a in axes):
@@ -48,15 +49,15 @@ def pad_spec(node: gs.Node, rank: int) -> tuple[tuple[int, ...], float]:
             pads = full
     pads = [int(p) for p in np.asarray(pads).reshape(-1)]
     if len(pads) != 2 * rank:
-        raise Unsupported(f"Pad {node.name!r} has {len(pads)} pads for rank {rank}")
+        raise Refused(f"Pad {node.name!r} has {len(pads)} pads for rank {rank}")
     if any(p < 0 for p in pads):
-        raise nx.Inexact("negative pads crop the tensor")
+        raise Refused("negative pads crop the tensor")
     if pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
-        raise nx.Inexact("pads on the batch or channel axis")
+        raise Refused("pads on the batch or channel axis")
     spatial = tuple(pads[2:rank] + pads[rank + 2 :])
     value_array = np.asarray(value, dtype=np.float64).reshape(-1)
     if value_array.size != 1:
-        raise Unsupported(f"Pad {node.name!r} has a pad value that is not a scalar")
+        raise Refused(f"Pad {node.name!r} has a pad value that is not a scalar")
     return spatial, float(value_array[0])
 
 
@@ -69,14 +70,14 @@ def pad_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         return []
     try:
         spatial, value = pad_spec(node, candidates[0].map.rank + 2)
-    except (Unsupported, nx.Inexact) as e:
+    except Refused as e:
         ctx.note(node, FAMILY, str(e))
         return []
     out, reasons = [], []
     for c in candidates:
         try:
             out.append(c.then(node, nx.pad(c.map, spatial, value), FAMILY))
-        except nx.Inexact as e:
+        except Refused as e:
             reasons.append(str(e))
     if not out and reasons:
         ctx.note(node, FAMILY, reasons[-1])

@@ -14,8 +14,9 @@ import math
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported, attributes
+from onnxrep.graph import attributes
 from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "avgpool"
 POOL_ATTRS = {
@@ -30,7 +31,7 @@ def pool_frame(node: gs.Node, ctx: RegionContext) -> tuple[tuple[int, ...], ...]
     kernel = tuple(int(k) for k in attrs["kernel_shape"] or ())
     r = len(kernel)
     if not r:
-        raise Unsupported(f"AveragePool {node.name!r} has no kernel_shape")
+        raise Refused(f"AveragePool {node.name!r} has no kernel_shape")
     strides = tuple(int(s) for s in attrs["strides"] or (1,) * r)
     dilations = tuple(int(d) for d in attrs["dilations"] or (1,) * r)
     shape = ctx.shapes.shapes.get(node.inputs[0].name)
@@ -40,9 +41,9 @@ def pool_frame(node: gs.Node, ctx: RegionContext) -> tuple[tuple[int, ...], ...]
     else:
         pads = nx.resolve_auto_pad(str(attrs["auto_pad"]), kernel, strides, dilations, size)
         if pads is None:
-            raise nx.Inexact(f"auto_pad={attrs['auto_pad']} with stride > 1 depends on input size")
+            raise Refused(f"auto_pad={attrs['auto_pad']} with stride > 1 depends on input size")
     if any(pads) and not int(attrs["count_include_pad"]):
-        raise nx.Inexact("count_include_pad=0 with pads divides border windows by fewer taps")
+        raise Refused("count_include_pad=0 with pads divides border windows by fewer taps")
     if int(attrs["ceil_mode"]):
         tiles = size is not None and all(
             n is not None
@@ -50,7 +51,7 @@ def pool_frame(node: gs.Node, ctx: RegionContext) -> tuple[tuple[int, ...], ...]
             for i, n in enumerate(size)
         )
         if not tiles:
-            raise nx.Inexact("ceil_mode=1 changes the output size for some input sizes")
+            raise Refused("ceil_mode=1 changes the output size for some input sizes")
     return kernel, strides, pads, dilations
 
 
@@ -58,7 +59,7 @@ def pool_frame(node: gs.Node, ctx: RegionContext) -> tuple[tuple[int, ...], ...]
 def average_pool_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     try:
         kernel, strides, pads, dilations = pool_frame(node, ctx)
-    except (Unsupported, nx.Inexact) as e:
+    except Refused as e:
         if id(node.inputs[0]) in ctx.candidates:
             ctx.note(node, FAMILY, str(e))
         return []
@@ -71,7 +72,7 @@ def average_pool_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         macs = channels * math.prod(kernel) / math.prod(strides) / math.prod(c.map.strides)
         try:
             merged = pool if not c.nodes else nx.compose(c.map, pool)
-        except nx.Inexact as e:
+        except Refused as e:
             ctx.note(node, FAMILY, str(e))
             continue
         out.append(c.then(node, merged, FAMILY, macs))

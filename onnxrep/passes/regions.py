@@ -27,13 +27,13 @@ from onnxrep import numerics as nx
 from onnxrep.graph import (
     Names,
     ShapeInfo,
-    Unsupported,
     attributes,
     constant,
     is_constant,
     is_default_domain,
     shared_reason,
 )
+from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
 
 if TYPE_CHECKING:
@@ -225,23 +225,23 @@ CONV_ATTRS = {
 
 
 def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
-    """The ConvMap of a Conv node; raises Unsupported with the reason when it has none.
+    """The ConvMap of a Conv node; raises Refused with the reason when it has none.
 
     The kernel stays in the model until a fold needs its values (``nx.Lazy``)."""
     attrs = attributes(node, CONV_ATTRS)
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     if not is_constant(weight):
-        raise Unsupported(f"Conv {node.name!r} has a weight that is not a constant")
+        raise Refused(f"Conv {node.name!r} has a weight that is not a constant")
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
     if has_bias and not is_constant(node.inputs[2]):
-        raise Unsupported(f"Conv {node.name!r} has a bias that is not a constant")
+        raise Refused(f"Conv {node.name!r} has a bias that is not a constant")
     if np.dtype(weight.dtype).kind != "f":
-        raise Unsupported(f"Conv {node.name!r} has a {np.dtype(weight.dtype)} weight")
+        raise Refused(f"Conv {node.name!r} has a {np.dtype(weight.dtype)} weight")
     shape = tuple(int(d) for d in weight.shape)
     r = len(shape) - 2
     kernel = tuple(int(k) for k in (attrs["kernel_shape"] or shape[2:]))
     if kernel != shape[2:]:
-        raise Unsupported(f"Conv {node.name!r}: kernel_shape {kernel} != weight {shape[2:]}")
+        raise Refused(f"Conv {node.name!r}: kernel_shape {kernel} != weight {shape[2:]}")
     strides = tuple(int(s) for s in (attrs["strides"] or (1,) * r))
     dilations = tuple(int(d) for d in (attrs["dilations"] or (1,) * r))
     group = int(attrs["group"])
@@ -255,7 +255,7 @@ def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
             auto_pad, kernel, strides, dilations, spatial[2:] if spatial else None
         )
     if len(strides) != r or len(dilations) != r or (pads is not None and len(pads) != 2 * r):
-        raise Unsupported(f"Conv {node.name!r} has attributes of the wrong length")
+        raise Refused(f"Conv {node.name!r} has attributes of the wrong length")
     bias = constant(node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else np.zeros(
         shape[0]
     )
@@ -279,7 +279,7 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         return []
     try:
         m = conv_map(node, ctx)
-    except (Unsupported, nx.Inexact) as e:
+    except Refused as e:
         ctx.opaque[id(node.outputs[0])] = str(e)
         return []
     x = node.inputs[0]

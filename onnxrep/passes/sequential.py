@@ -14,8 +14,8 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import Unsupported
 from onnxrep.passes.regions import Candidate, RegionContext, conv_macs, conv_map, rule
+from onnxrep.refusal import Refused
 
 FAMILY = "sequential"
 
@@ -26,7 +26,7 @@ def conv_after_region_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]
         return []
     try:
         outer = conv_map(node, ctx)
-    except (Unsupported, nx.Inexact):
+    except Refused:
         return []  # the core rule records why
     out = []
     for c in ctx.operands(node, 0, FAMILY):
@@ -34,7 +34,7 @@ def conv_after_region_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]
             continue  # Conv(x) itself is the core rule's candidate
         try:
             merged = nx.compose(c.map, outer)
-        except nx.Inexact as e:
+        except Refused as e:
             ctx.note(node, FAMILY, str(e))
             continue
         out.append(c.then(node, merged, FAMILY, conv_macs(outer, c.map)))
