@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from onnxrep import __version__, io
 from onnxrep.errors import OnnxrepError, one_line
-from onnxrep.passes import FAMILIES
+from onnxrep.families import NAMES
 from onnxrep.progress import Progress
 
 if TYPE_CHECKING:
@@ -126,8 +126,7 @@ def _report_option(p: argparse.ArgumentParser) -> None:
 
 def _skip_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="NAME",
-                   choices=sorted(FAMILIES), help="pattern families to leave alone: "
-                   + ", ".join(sorted(FAMILIES)))
+                   choices=NAMES, help="pattern families to leave alone: " + ", ".join(NAMES))
 
 
 def _audit_option(p: argparse.ArgumentParser) -> None:

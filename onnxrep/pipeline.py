@@ -28,6 +28,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxrep import idioms, io
 from onnxrep.errors import OnnxrepError, one_line
+from onnxrep.families import NAMES
 from onnxrep.graph import (
     Names,
     ShapeInfo,
@@ -36,7 +37,7 @@ from onnxrep.graph import (
     release_overridable,
     subgraph_references,
 )
-from onnxrep.passes import FAMILIES, PASSES, PassState, constants
+from onnxrep.passes import PASSES, PREPARE, PassState
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
 __all__ = ["export", "optimize", "skeleton"]
@@ -53,7 +54,7 @@ def optimize(
 ) -> OptimizeResult:
     """Fold every exact re-parameterization in ``model`` (a ModelProto or a path).
 
-    ``skip`` names pattern families to leave alone (see ``onnxrep.passes.FAMILIES``).
+    ``skip`` names pattern families to leave alone (see ``onnxrep.families``).
     Returns an :class:`OptimizeResult` whose ``.model`` is a new ModelProto; a ModelProto given
     here is not modified unless ``in_place`` says the caller has no further use for it. Then,
     as for a model read from a path, the result is the same object rebuilt, and no second copy
@@ -104,9 +105,9 @@ def _optimize(
     if not isinstance(original, onnx.ModelProto):
         raise OnnxrepError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
     skipped_families = frozenset(skip)
-    unknown = sorted(skipped_families - set(FAMILIES))
+    unknown = sorted(skipped_families - set(NAMES))
     if unknown:
-        raise OnnxrepError(f"unknown pattern(s) {unknown}; choose from {sorted(FAMILIES)}")
+        raise OnnxrepError(f"unknown pattern(s) {unknown}; choose from {sorted(NAMES)}")
     io.validate(original)
 
     before = ModelStats.of(original)
@@ -170,17 +171,11 @@ def _passes(
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
     state = PassState(
-        ShapeInfo.infer(original, light), pinned, Names.of(original), skipped_families, opset
+        ShapeInfo.infer(original, light), pinned, Names.of(original), skipped_families, opset,
+        skeleton=lambda g: skeleton(g, original),
     )
     removed = canonicalize(graph, pinned)
-    folded = 0
-    if constants.FAMILY not in skipped_families:
-        for _ in range(constants.MAX_ROUNDS):
-            count = constants.fold(graph, state.shapes)
-            if not count:
-                break
-            folded += count
-            state.shapes = ShapeInfo.infer(skeleton(graph, original))  # folding exposes shapes
+    folded = sum(step(graph, state) for family, step in PREPARE if family not in skipped_families)
     for idiom in idioms.find(graph):
         for node in idiom.nodes:
             state.protected[node.outputs[0].name] = idiom.reason

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxrep import io
 from onnxrep.errors import OnnxrepError
+from onnxrep.families import FAMILIES
 from onnxrep.result import ModelStats, OptimizeResult, Skip
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def audit_summary(r: OptimizeResult) -> str | None:
     return text
 
 
-CHAIN_FAMILIES = frozenset({"conv-bn", "conv-affine", "gemm-bn", "convtranspose-bn"})
+RUNTIME_DOES_IT = frozenset(f.name for f in FAMILIES if f.runtime_does_it)
 
 
 def not_faster(t: BenchResult, r: OptimizeResult | None = None,
@@ -217,7 +218,7 @@ def _cause(r: OptimizeResult | None, splits: Sequence[str]) -> str:
         return "unknown (onnxruntime fuses the same kernels in both)"
     if not r.applied:
         return "nothing was folded (--explain says why each candidate was left)"
-    if {f.pattern for f in r.applied} <= CHAIN_FAMILIES:
+    if {f.pattern for f in r.applied} <= RUNTIME_DOES_IT:
         return ("every fold was a BatchNormalization or a constant scale or shift after a layer, "
                 "which onnxruntime folds itself when it loads the model")
     return "the folded blocks take a small share of the run time"

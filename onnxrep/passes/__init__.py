@@ -1,49 +1,29 @@
-"""Pattern families, the state passes share, and the default pass order.
+"""The state passes share, and the passes in the order of :mod:`onnxrep.families`.
 
-Every family can be switched off by name (``--skip NAME``). The region families are rules of
-one pass (``regions``: everything that becomes a Conv); the dense-layer families are chain
-passes of their own. A pass takes the graph and the shared state and returns the folds it
-applied and the candidates it skipped; the pipeline repeats the passes until nothing changes.
+Importing a family's module registers it: a ``regions`` family's module adds its rules to the
+region pass (``regions.run``: everything that becomes one Conv); a ``prepare`` family's module
+has ``prepare(graph, state) -> nodes removed``; a ``pass`` family's module has ``run(graph,
+state) -> (folds, skips)``. The pipeline runs the prepare steps, then repeats the region pass
+and the other passes until nothing changes.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
+import onnx
 import onnx_graphsurgeon as gs
 
+from onnxrep.families import FAMILIES
 from onnxrep.graph import Names, ShapeInfo
-from onnxrep.passes import (  # noqa: F401  (importing a family module registers its rules)
-    affine,
-    border,
-    branches,
-    concat,
-    constants,
-    conv_bn,
-    conv_transpose,
-    gemm,
-    padding,
-    pooling,
-    regions,
-    sequential,
-)
+from onnxrep.passes import regions
 from onnxrep.result import Fold, Skip
 
-FAMILIES: dict[str, str] = {
-    "constants": "constant subgraphs (shape arithmetic) folded to initializers first",
-    "conv-bn": "BatchNormalization after a Conv, or on a branch input (identity branch)",
-    "conv-affine": "Mul/Add/Sub/Div by a scalar or per-channel constant after a Conv",
-    "branches": "Add/Sub/Sum of parallel branches on one tensor",
-    "sequential": "a Conv reading another Conv (1x1 then kxk, kxk then 1x1)",
-    "concat": "Concat of parallel convolutions on one tensor",
-    "avgpool": "AveragePool inside a region, as a depthwise conv",
-    "pad": "zero Pad before a Conv, merged into its pads",
-    "border-fill": "a border written with per-channel constants (DBB's exported BN-and-pad)",
-    "convtranspose-bn": "BatchNormalization / per-channel affine after a ConvTranspose",
-    "gemm-bn": "BatchNormalization / per-feature affine after Gemm or a 2-D MatMul",
-}
-"""Family name → what it folds; the names ``--skip`` accepts."""
+MODULES: dict[str, ModuleType] = {f.name: importlib.import_module(f.module) for f in FAMILIES}
+"""Family name → its module (imported: its rules are registered)."""
 
 
 @dataclass
@@ -57,6 +37,8 @@ class PassState:
     opset: int
     protected: dict[str, str] = field(default_factory=dict)
     """Output tensor name → why its producer must stay as it is (a runtime's fused idiom)."""
+    skeleton: Callable[[gs.Graph], onnx.ModelProto] | None = None
+    """The graph as a light ModelProto (for shape inference after a change)."""
 
     def guard(self, node: gs.Node) -> str | None:
         """Why ``node`` may neither absorb nor be absorbed (``None`` when it may)."""
@@ -64,10 +46,16 @@ class PassState:
 
 
 Pass = Callable[[gs.Graph, PassState], tuple[list[Fold], list[Skip]]]
+Prepare = Callable[[gs.Graph, PassState], int]
+
+PREPARE: list[tuple[str, Prepare]] = [
+    (f.name, MODULES[f.name].prepare) for f in FAMILIES if f.stage == "prepare"
+]
+"""(family, step) run once before the passes, in order."""
 
 PASSES: list[tuple[str | None, Pass]] = [
     (None, regions.run),
-    ("convtranspose-bn", conv_transpose.run),
-    ("gemm-bn", gemm.run),
+    *((f.name, MODULES[f.name].run) for f in FAMILIES if f.stage == "pass"),
 ]
-"""(family that switches the pass off, pass) in the default order."""
+"""(family that switches the pass off, pass) in order; the region pass runs every region
+family's rules (each switched off by its own name)."""

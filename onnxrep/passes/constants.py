@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxrep.graph import ShapeInfo, is_constant, is_default_domain
+
+if TYPE_CHECKING:
+    from onnxrep.passes import PassState
 
 FAMILY = "constants"
 SIZE_LIMIT = 1 << 22
@@ -133,6 +137,20 @@ def _castlike_to_cast(graph: gs.Graph, shapes: ShapeInfo) -> None:
                 node.op = "Cast"
                 node.attrs = {"to": int(to)}
                 node.inputs.remove(like)
+
+
+def prepare(graph: gs.Graph, state: PassState) -> int:
+    """The prepare step of the family: fold until nothing more folds (each round can expose
+    shapes the next folds with); returns the number of nodes removed."""
+    removed = 0
+    for _ in range(MAX_ROUNDS):
+        count = fold(graph, state.shapes)
+        if not count:
+            break
+        removed += count
+        if state.skeleton is not None:
+            state.shapes = ShapeInfo.infer(state.skeleton(graph))  # folding exposes shapes
+    return removed
 
 
 def fold(graph: gs.Graph, shapes: ShapeInfo) -> int:

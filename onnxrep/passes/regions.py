@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxrep import families
 from onnxrep import numerics as nx
+from onnxrep.families import FAMILIES
 from onnxrep.graph import (
     Names,
     ShapeInfo,
@@ -42,10 +44,11 @@ if TYPE_CHECKING:
 MAX_CANDIDATES = 8
 """Sources remembered per tensor (nearest first); bounds the work on long linear chains."""
 
-LABEL_ORDER = (
-    "branches", "concat", "sequential", "avgpool", "border-fill", "pad", "conv-bn", "conv-affine",
-)
-"""A rewritten region is reported under the first family of this list that it used."""
+LABEL_ORDER = tuple(f.name for f in FAMILIES if f.stage == "regions")
+"""A rewritten region is reported under the first region family (in onnxrep.families' order)
+that it used."""
+CORE = "core"
+"""The engine's own rule (a Conv is a map of its input); not a family, never switched off."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +104,9 @@ RULES: dict[str, list[tuple[str, Rule]]] = {}
 def rule(family: str, *ops: str) -> Callable[[Rule], Rule]:
     """Register ``fn`` as the transfer function of ``family`` for ``ops``."""
 
+    if family != CORE:
+        families.family(family, "regions")  # an unknown name fails at import
+
     def register(fn: Rule) -> Rule:
         for op in ops:
             RULES.setdefault(op, []).append((family, fn))
@@ -129,6 +135,8 @@ PARTIAL_RULES: dict[str, list[tuple[str, PartialRule]]] = {}
 def partial_rule(family: str, *ops: str) -> Callable[[PartialRule], PartialRule]:
     """Register ``fn`` to rebuild a root of ``ops`` no single Conv can replace (it receives the
     ids of nodes already absorbed)."""
+
+    families.family(family, "regions")
 
     def register(fn: PartialRule) -> PartialRule:
         for op in ops:
@@ -272,7 +280,7 @@ def conv_macs(m: nx.ConvMap, inner: nx.Map | None = None) -> float:
     return nx.macs(m) / stride
 
 
-@rule("core", "Conv")
+@rule(CORE, "Conv")
 def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     """``Conv(x)`` is ``ConvMap(x)``; reading a region is the sequential family's business."""
     if not isinstance(node.inputs[0], gs.Variable):
@@ -283,7 +291,7 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         ctx.opaque[id(node.outputs[0])] = str(e)
         return []
     x = node.inputs[0]
-    return [Candidate(x, m, (node,), (conv_macs(m),), frozenset({"core"}))]
+    return [Candidate(x, m, (node,), (conv_macs(m),), frozenset({CORE}))]
 
 
 # --------------------------------------------------------------------------------------------
