@@ -15,10 +15,11 @@ made of the model:
   makes: Gelu, FusedConv, QuickGelu, FusedMatMul, LayerNormalization from a decomposed one, a
   Conv with a BatchNormalization folded in, ... A kernel keeps *internal* the tensors the
   nodes it replaced computed; its kind is its op type (with the activation, for FusedConv);
-- the output *splits* a fused kernel of the input when one of those internal tensors is
-  computed again in the output's optimized graph by a node that is not a kernel of the same
-  kind: the idiom runs in pieces. A kernel whose internal tensors no longer exist was merged
-  away by a fold, which is the point of folding.
+- the output *splits* a fused kernel of the input when a node of the kernel that the output
+  still has as it was (same op, same inputs) computes its tensor in the output's optimized
+  graph outside any kernel of the same kind: the idiom runs in pieces. Nodes a fold merged
+  away or replaced are no split (their replacement may well fuse, as a Conv that now computes
+  a SiLU's input does).
 
 Only kernels a fold touched can be split: a kernel is *at risk* when a node it replaced was
 rewritten and one of its internal tensors is still computed in the output. Only then does the
@@ -262,11 +263,16 @@ def at_risk(before: Inventory, after: Mapping[str, Signature]) -> list[Kernel]:
     return risky
 
 
-def splits(kernels: Iterable[Kernel], after: Inventory) -> list[Loss]:
-    """The ``kernels`` (of the input) that ``after`` runs in pieces."""
+def splits(before: Inventory, after: Inventory,
+           kernels: Iterable[Kernel] | None = None) -> list[Loss]:
+    """The fused kernels of ``before`` (or just ``kernels`` of it) that ``after`` runs in
+    pieces: a tensor of the kernel that the output still computes with the node that computed
+    it in the input (a survivor, not a fold's new node) is computed in the output's optimized
+    graph by anything but a kernel of the same kind."""
     losses = []
-    for k in kernels:
-        split = sorted(t for t in k.internal if after.produced.get(t, k.kind) != k.kind)
+    for k in before.kernels if kernels is None else kernels:
+        survivors = (t for t in k.replaced if after.signatures.get(t) == before.signatures[t])
+        split = sorted(t for t in survivors if after.produced.get(t, k.kind) != k.kind)
         if split:
             losses.append(Loss(k.kind, k.outputs, tuple(split), tuple(sorted(k.replaced))))
     return losses
@@ -279,7 +285,7 @@ def kernels_of(model: onnx.ModelProto) -> Inventory:
 
 def compare_models(a: onnx.ModelProto, b: onnx.ModelProto) -> list[Loss]:
     """The fused kernels of ``a`` that ``b`` runs in pieces."""
-    return splits(kernels_of(a).kernels, kernels_of(b))
+    return splits(kernels_of(a), kernels_of(b))
 
 
 def _weights(model: onnx.ModelProto) -> set[str]:

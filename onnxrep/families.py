@@ -45,6 +45,14 @@ FAMILIES: tuple[Family, ...] = (
            "onnxrep.passes.concat"),
     Family("sequential", "Conv3x3(Conv1x1(x)), Conv1x1(Conv3x3(x))", "one Conv, where exact",
            "regions", "onnxrep.passes.sequential"),
+    Family("dense", "Gemm/MatMul with constant weights: BN or a per-feature affine after or "
+           "before them (2-D, and N-D token features), sums of parallel ones ((Linear_a(x) + "
+           "Linear_b(x)) / 2)", "one Gemm (MatMul and Add on N-D inputs)", "regions",
+           "onnxrep.passes.dense"),
+    Family("commute", "BN or a 1x1 conv, then GlobalAveragePool / ReduceMean over space / "
+           "Flatten / a Reshape that keeps the channel axis, then a dense layer",
+           "the data movement first, the map inside the dense layer", "regions",
+           "onnxrep.passes.dense"),
     Family("avgpool", "AveragePool inside a region", "part of the Conv (a depthwise kernel)",
            "regions", "onnxrep.passes.pooling"),
     Family("border-fill", "exported \"BN and pad\" (Pad + ScatterND/Transpose chains writing "
@@ -59,9 +67,6 @@ FAMILIES: tuple[Family, ...] = (
            runtime_does_it=True),
     Family("convtranspose-bn", "BN(ConvTranspose(x)) (grouped too)", "ConvTranspose'(x)",
            "pass", "onnxrep.passes.conv_transpose", runtime_does_it=True),
-    Family("gemm-bn", "BN(Gemm(x)), BN(MatMul(x)) on 2-D activations",
-           "one Gemm (alpha, beta, transA/B kept)", "pass", "onnxrep.passes.gemm",
-           runtime_does_it=True),
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FAMILIES)

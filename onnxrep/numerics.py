@@ -51,6 +51,9 @@ __all__ = [
     "batch_norm_affine",
     "compose",
     "concat",
+    "dense_weights",
+    "flatten",
+    "gemm",
     "identity_kernel",
     "macs",
     "pad",
@@ -58,6 +61,7 @@ __all__ = [
     "regroup_weight",
     "resolve_auto_pad",
     "to_conv",
+    "transposed_affine",
 ]
 
 
@@ -622,6 +626,78 @@ def pad(
         raise Refused("pad value differs from the padded tensor's value at zero input")
     new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
     return replace(m, pads=new_pads)
+
+
+# --------------------------------------------------------------------------------------------
+# dense layers: a Linear is the 1x1 case of these maps (rank 0: no spatial axes)
+
+
+def flatten(m: Map) -> Map:
+    """``m`` on a tensor whose spatial axes are gone (1x1, then flattened or averaged away):
+    the same map with rank 0. Exact for a pointwise map without pads (per-pixel channel
+    mixing commutes with dropping unit axes and with a spatial mean; docs/algebra.md §8)."""
+    if m.rank == 0:
+        return m
+    if not m.pointwise or any(m.pads) or (isinstance(m, ConvMap) and m.auto_pad != "NOTSET"):
+        raise Refused("only a per-pixel map (a 1x1 conv or a per-channel affine without pads) "
+                      "moves through a spatial mean or flatten")
+    if isinstance(m, ChannelAffine):
+        return replace(m, rank=0, pads=())
+    parent, shape = m.weight, m.weight.shape[:2]
+    weight = Lazy(shape, lambda: parent.value().reshape(shape), fresh=parent.fresh)
+    return replace(m, weight=weight, strides=(), dilations=(), pads=())
+
+
+def gemm(b: Lazy | np.ndarray, c: np.ndarray | None, alpha: float, beta: float,
+         trans_b: bool) -> ConvMap:
+    """``Gemm(A, B, C)`` as a map of A's rows: ``y = alpha * A · op(B) + beta * C``, the
+    rank-0 map with weight ``W[n, k] = alpha * op(B)[k, n]`` and bias ``beta * C``. ``C``
+    must be a scalar or one value per output feature (a ``[M, N]`` bias is no map of A).
+    ``MatMul(A, B)`` is the case ``alpha = 1``, no ``C``."""
+    lazy = b if isinstance(b, Lazy) else Lazy.of(b)
+    if lazy.ndim != 2:
+        raise Refused(f"a weight of shape {list(lazy.shape)} is not a matrix")
+    n, k = lazy.shape[::-1] if not trans_b else lazy.shape
+    if c is None:
+        bias = np.zeros(n)
+    else:
+        c = np.asarray(c, dtype=np.float64)
+        if c.size not in (1, n) or (c.ndim == 2 and c.shape[0] != 1):
+            raise Refused(f"a Gemm bias of shape {list(c.shape)} is not one value per feature")
+        bias = np.broadcast_to(beta * c.reshape(-1), (n,)).copy()
+
+    def make() -> np.ndarray:
+        values = lazy.value()
+        return alpha * (values if trans_b else values.T)
+
+    return ConvMap(Lazy((n, k), make), bias, (), (), ())
+
+
+def dense_weights(m: ConvMap) -> np.ndarray:
+    """The ``[N, K]`` weight of a rank-0 map (its groups written densely)."""
+    if m.rank != 0:
+        raise Refused("a map with spatial axes is no dense layer")
+    return regroup_weight(m.weights(), m.group, 1)
+
+
+def transposed_affine(
+    weight: np.ndarray, bias: np.ndarray | None, group: int, scale: np.ndarray,
+    shift: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``scale * ConvTranspose(x) + shift`` per output channel as one ConvTranspose.
+
+    The weight is ``[Cin, Cout/g, *k]`` and output channel ``o = (c // (Cin/g)) · (Cout/g) +
+    j`` for ``W[c, j]``, so ``W'[c, j] = W[c, j] · scale[o]`` and ``b' = scale · b + shift``.
+    Rescaling output channels commutes with strides, pads, output_padding and dilations, and
+    positions only output_padding reaches hold ``scale · b + shift`` as before: exact."""
+    w = np.asarray(weight, dtype=np.float64)
+    cin, per_group = w.shape[:2]
+    cout = per_group * group
+    t = np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (cout,))
+    out_channel = (np.arange(cin)[:, None] // (cin // group)) * per_group + np.arange(per_group)
+    factor = t[out_channel].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
+    b = np.zeros(cout) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
+    return w * factor, t * b + np.broadcast_to(np.asarray(shift, dtype=np.float64), (cout,))
 
 
 def avg_pool(

@@ -236,7 +236,7 @@ class _Auditor:
             copy, weights = _neighbourhood(run, region)
             after = audit.inventory(copy, weights)
             result.after = after.counts()
-            losses = audit.splits(risky, after)
+            losses = audit.splits(before, after, risky)
         except audit.AuditUnavailable as e:
             result.unavailable = str(e)
             return False

@@ -64,7 +64,7 @@ def test_network_optimizes_to_its_deploy_form(exports, name: str, form: str) -> 
     assert result.audit is not None and result.audit.unavailable is None
     assert not result.audit.withdrawn and not result.audit.remaining, result.audit
     before, after = audit.kernels_of(train), audit.kernels_of(result.model)
-    assert audit.splits(before.kernels, after) == []
+    assert audit.splits(before, after) == []
     idioms = {k: n for k, n in before.counts().items() if not k.startswith(LAYER_KINDS)}
     assert all(after.counts().get(k, 0) >= n for k, n in idioms.items()), (before.counts(),
                                                                           after.counts())

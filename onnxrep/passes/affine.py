@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from onnxrep import numerics as nx
 from onnxrep.graph import is_constant
 from onnxrep.passes.channelwise import BINARY_OPS, binary_affine, constant_operand
-from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.passes.regions import LAST, NC, Candidate, RegionContext, rule
 from onnxrep.refusal import Refused
 
 FAMILY = "conv-affine"
@@ -33,11 +33,14 @@ def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
                     break
         return []
     var, _ = found
+    rank = ctx.shapes.rank(node.inputs[var].name)
     out = []
-    for c in ctx.operands(node, var, FAMILY):
+    for c in ctx.operands(node, var, FAMILY, layouts=(NC, LAST), suffixed=True):
         channels = c.map.cout if isinstance(c.map, nx.ConvMap) else c.map.channels
+        tensor_rank = rank if rank is not None else c.map.rank + 2
+        axis = tensor_rank - 1 if c.out_layout == LAST else 1
         try:
-            scale, shift = binary_affine(node, c.map.rank + 2, channels)
+            scale, shift = binary_affine(node, tensor_rank, channels, axis)
             out.append(c.then(node, nx.affine(c.map, scale, shift), FAMILY))
         except Refused as e:
             if c.nodes:

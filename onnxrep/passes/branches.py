@@ -16,11 +16,16 @@ one Conv when exact and no costlier, and one Add per remaining term rebuilds the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
 from onnxrep.graph import is_default_domain
 from onnxrep.passes.regions import (
+    LAST,
+    LAYERS,
+    NC,
     Candidate,
     Partial,
     RegionContext,
@@ -40,12 +45,13 @@ def sum_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         return []
     if node.op != "Sum" and len(node.inputs) != 2:
         return []
-    per_operand = [ctx.operands(node, i, FAMILY) for i in range(len(node.inputs))]
+    per_operand = [ctx.operands(node, i, FAMILY, layouts=(NC, LAST))
+                   for i in range(len(node.inputs))]
     if not all(per_operand):
         return []
     signs = [1.0, -1.0] if node.op == "Sub" else [1.0] * len(per_operand)
-    by_source = [{id(c.source): c for c in cands} for cands in per_operand]
-    common = [c.source for c in per_operand[0] if all(id(c.source) in s for s in by_source)]
+    by_source = [{c.key: c for c in cands} for cands in per_operand]
+    common = [c.key for c in per_operand[0] if all(c.key in s for s in by_source)]
     if not common:
         linear = [cands for cands in per_operand if len(cands) > 1]
         if len(linear) > 1:
@@ -54,8 +60,8 @@ def sum_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
             ))
         return []
     out = []
-    for source in common:
-        parts = [s[id(source)] for s in by_source]
+    for key in common:
+        parts = [s[key] for s in by_source]
         try:
             merged = nx.add([p.map for p in parts], signs)
         except Refused as e:
@@ -79,7 +85,7 @@ def partial_sum_rule(node: gs.Node, ctx: RegionContext, absorbed: set[int]) -> P
     _flatten(node, 1.0, ctx, absorbed, terms, tree)
     if len(terms) < 3:
         return None  # two terms of different sources, or one the full merge already judged
-    options = [{id(c.source): c for c in ctx.regions_of(t)} for _, t in terms]
+    options = [{c.key: c for c in ctx.regions_of(t, (NC, LAST))} for _, t in terms]
     left = set(range(len(terms)))
     groups: list[Candidate] = []
     while True:
@@ -118,19 +124,20 @@ def _flatten(node: gs.Node, sign: float, ctx: RegionContext, absorbed: set[int],
 
 
 def _best_group(
-    root: gs.Node, terms: list[tuple[float, gs.Tensor]], options: list[dict[int, Candidate]],
+    root: gs.Node, terms: list[tuple[float, gs.Tensor]],
+    options: list[dict[tuple[int, str, tuple[int, ...]], Candidate]],
     left: set[int], tree: tuple[gs.Node, ...], ctx: RegionContext,
 ) -> tuple[set[int], Candidate] | None:
     """The largest set of remaining terms that share a source and merge into one Conv."""
-    by_source: dict[int, list[int]] = {}
+    by_source: dict[tuple[int, str, tuple[int, ...]], list[int]] = {}
     for i in sorted(left):
-        for source in options[i]:
-            by_source.setdefault(source, []).append(i)
-    for source, members in sorted(by_source.items(), key=lambda kv: len(kv[1]), reverse=True):
+        for key in options[i]:
+            by_source.setdefault(key, []).append(i)
+    for key, members in sorted(by_source.items(), key=lambda kv: len(kv[1]), reverse=True):
         if len(members) < 2:
             break
-        parts = [options[i][source] for i in members]
-        if not any(n.op == "Conv" for p in parts for n in p.nodes):
+        parts = [options[i][key] for i in members]
+        if not any(n.op in LAYERS for p in parts for n in p.nodes):
             continue
         try:
             merged = nx.add([p.map for p in parts], [terms[i][0] for i in members])
@@ -140,7 +147,7 @@ def _best_group(
         if not isinstance(merged, nx.ConvMap):
             continue
         group = _union(parts, merged)
-        if nx.macs(merged) > group.macs * (1 + 1e-9):
+        if nx.macs(merged) * group.density > group.macs * (1 + 1e-9):
             ctx.note(root, FAMILY, f"merging {len(members)} terms would cost "
                      f"{nx.macs(merged):.4g} MACs per pixel instead of {group.macs:.4g}")
             continue
@@ -157,8 +164,8 @@ def _union(parts: list[Candidate], merged: nx.Map) -> Candidate:
     nodes: dict[int, tuple[gs.Node, float]] = {}
     for p in parts:
         nodes.update((id(n), (n, cost)) for n, cost in zip(p.nodes, p.costs, strict=True))
-    return Candidate(
-        parts[0].source, merged, tuple(n for n, _ in nodes.values()),
-        tuple(cost for _, cost in nodes.values()),
-        frozenset().union(*(p.families for p in parts)) | {FAMILY},
+    return replace(
+        parts[0], map=merged, nodes=tuple(n for n, _ in nodes.values()),
+        costs=tuple(cost for _, cost in nodes.values()),
+        families=frozenset().union(*(p.families for p in parts)) | {FAMILY},
     )

@@ -47,29 +47,34 @@ def constant_operand(node: gs.Node) -> tuple[int, gs.Constant] | None:
     return var, node.inputs[1 - var]
 
 
-def per_channel(tensor: gs.Constant, rank: int, channels: int | None) -> np.ndarray:
-    """A constant that broadcasts over ``[N, C, *spatial]`` (``rank`` dims) along C only, as a
-    float64 vector of length 1 or C. The shape is checked before any value is read."""
+def per_channel(tensor: gs.Constant, rank: int, channels: int | None,
+                axis: int = 1) -> np.ndarray:
+    """A constant that broadcasts over a tensor of ``rank`` dims along ``axis`` only (the
+    channel axis 1 of ``[N, C, *spatial]``, or the last, of token features), as a float64
+    vector of length 1 or C. The shape is checked before any value is read."""
     shape = tuple(tensor.shape)
     if len(shape) > rank:
         raise Refused(f"a constant of shape {list(shape)} raises the tensor's rank")
     full = (1,) * (rank - len(shape)) + shape
-    if any(d != 1 for i, d in enumerate(full) if i != 1):
-        raise Refused(f"a constant of shape {list(shape)} is not per channel")
-    if full[1] != 1 and channels is not None and full[1] != channels:
-        raise Refused(f"a constant of {full[1]} values for {channels} channels")
+    if any(d != 1 for i, d in enumerate(full) if i != axis):
+        where = "per channel" if axis == 1 else f"per feature of axis {axis}"
+        raise Refused(f"a constant of shape {list(shape)} is not {where}")
+    if full[axis] != 1 and channels is not None and full[axis] != channels:
+        raise Refused(f"a constant of {full[axis]} values for {channels} channels")
     if np.dtype(tensor.dtype).kind != "f":
         raise Refused(f"a {np.dtype(tensor.dtype)} constant")
     return np.asarray(constant(tensor), dtype=np.float64).reshape(-1)
 
 
-def binary_affine(node: gs.Node, rank: int, channels: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(scale, shift)`` of ``Mul/Add/Sub/Div(x, c)`` (either order where that is affine)."""
+def binary_affine(node: gs.Node, rank: int, channels: int | None,
+                  axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)`` of ``Mul/Add/Sub/Div(x, c)`` (either order where that is affine),
+    per channel along ``axis`` of the ``rank``-dim tensor."""
     found = constant_operand(node)
     if found is None:
         raise Refused(f"{node.op} {node.name!r} has no single constant operand")
     var, c = found
-    v = per_channel(c, rank, channels)
+    v = per_channel(c, rank, channels, axis)
     if not np.all(np.isfinite(v)):
         raise Refused(f"{node.op} {node.name!r} uses a constant that is not finite")
     one, zero = np.ones(1), np.zeros(1)

@@ -34,12 +34,12 @@ def concat_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     rank = per_operand[0][0].map.rank + 2
     if axis % rank != 1:
         return []
-    by_source = [{id(c.source): c for c in cands} for cands in per_operand]
+    by_source = [{c.key: c for c in cands} for cands in per_operand]
     out = []
     for first in per_operand[0]:
-        if not all(id(first.source) in s for s in by_source):
+        if not all(first.key in s for s in by_source):
             continue
-        parts = [s[id(first.source)] for s in by_source]
+        parts = [s[first.key] for s in by_source]
         if not any(p.nodes for p in parts):
             continue
         try:

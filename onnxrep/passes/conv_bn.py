@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
 from onnxrep.passes.channelwise import batch_norm
-from onnxrep.passes.regions import Candidate, RegionContext, rule
+from onnxrep.passes.regions import LAST, Candidate, RegionContext, rule
 from onnxrep.refusal import Refused
 
 FAMILY = "conv-bn"
@@ -28,8 +28,12 @@ def batch_norm_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     except Refused as e:
         ctx.note(node, FAMILY, str(e))
         return []
+    upstream = ctx.candidates.get(id(node.inputs[0]), [])
+    if any(c.out_layout == LAST for c in upstream):
+        ctx.note(node, FAMILY, "BatchNormalization normalizes axis 1; the features of the layer "
+                 "before it are on the last axis")
     out = []
-    for c in ctx.operands(node, 0, FAMILY):
+    for c in ctx.operands(node, 0, FAMILY, suffixed=True):
         try:
             out.append(c.then(node, nx.affine(c.map, t, s, s_mag), FAMILY))
         except Refused as e:

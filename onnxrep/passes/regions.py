@@ -15,9 +15,10 @@ raise ``Inexact`` otherwise) and costs no more multiply-accumulates than the nod
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,49 +52,96 @@ CORE = "core"
 """The engine's own rule (a Conv is a map of its input); not a family, never switched off."""
 
 
+NC, LAST, TRANSPOSED = "nc", "last", "transposed"
+"""Where a tensor holds its channels: axis 1 (``[N, C, *spatial]``, and a 2-D ``[N, C]`` for
+rank-0 maps), the last axis of a tensor of rank 3 or more (token features, ``[B, T, C]``), or
+axis 0 of a 2-D tensor (what a Gemm with ``transA=1`` reads)."""
+
+LAYERS = ("Conv", "Gemm", "MatMul")
+"""The ops a region is rewritten around (a region without one stays as it is)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Candidate:
-    """``map(source)``, computed by ``nodes``; ``costs[i]`` is the multiply-accumulates of
-    ``nodes[i]`` per source pixel (a node reached along two paths is counted once)."""
+    """``map(prefix(source))``, computed by ``nodes``; ``costs[i]`` is the multiply-accumulates
+    of ``nodes[i]`` per source pixel (a node reached along two paths is counted once).
+
+    ``prefix``: data-movement nodes (a spatial mean, a flatten) the map was moved through; they
+    are absorbed like the rest and replayed on the source before the rewritten layer.
+    ``density``: the share of source pixels left after the prefix (``1 / (H * W)`` after a
+    global average pool), which scales the cost of what follows. ``suffix``: data movement
+    after the map (a reshape after a dense layer), replayed after the rewritten layer; only
+    per-channel maps (BN, affine) and more data movement follow a suffix. The candidate
+    computes ``suffix(map(prefix(source)))``. ``layout``: where the map's input holds its
+    channels; ``out_layout``: where the candidate's output does."""
 
     source: gs.Variable
     map: nx.Map
     nodes: tuple[gs.Node, ...] = ()
     costs: tuple[float, ...] = ()
     families: frozenset[str] = frozenset()
+    layout: str = NC
+    prefix: tuple[gs.Node, ...] = ()
+    density: float = 1.0
+    out_layout: str = NC
+    suffix: tuple[gs.Node, ...] = ()
 
     @property
     def macs(self) -> float:
         return sum(self.costs)
 
-    def then(self, node: gs.Node, new_map: nx.Map, family: str, macs: float = 0.0) -> Candidate:
-        """This candidate extended by ``node``, whose output is ``new_map(source)``."""
-        return self.extend([node], new_map, family, macs)
+    @property
+    def key(self) -> tuple[int, str, tuple[int, ...]]:
+        """Candidates combine (in a sum, a concat) only when they agree on this."""
+        return id(self.source), self.layout, tuple(id(n) for n in (*self.prefix, *self.suffix))
+
+    def then(self, node: gs.Node, new_map: nx.Map, family: str, macs: float = 0.0,
+             out_layout: str | None = None) -> Candidate:
+        """This candidate extended by ``node``, whose output is ``new_map(source)`` (with its
+        channels where ``out_layout`` says, if ``node`` moves them)."""
+        return self.extend([node], new_map, family, macs, out_layout)
 
     def extend(
-        self, nodes: list[gs.Node], new_map: nx.Map, family: str, macs: float = 0.0
+        self, nodes: list[gs.Node], new_map: nx.Map, family: str, macs: float = 0.0,
+        out_layout: str | None = None,
     ) -> Candidate:
         """This candidate extended by a chain of ``nodes`` whose last output is ``new_map``
-        (``macs``: the cost of the last)."""
-        costs = (0.0,) * (len(nodes) - 1) + (macs,)
-        return Candidate(
-            self.source, new_map, (*self.nodes, *nodes), (*self.costs, *costs),
-            self.families | {family},
-        )
+        (``macs``: the cost of the last, per pixel it runs on)."""
+        costs = (0.0,) * (len(nodes) - 1) + (macs * self.density,)
+        return replace(self, map=new_map, nodes=(*self.nodes, *nodes),
+                       costs=(*self.costs, *costs), families=self.families | {family},
+                       out_layout=out_layout or self.out_layout)
+
+    def moved_through(self, node: gs.Node, new_map: nx.Map, family: str,
+                      density: float = 1.0, layout: str | None = None) -> Candidate:
+        """This candidate with ``node`` added to its prefix: ``node(map(x)) = new_map(node(x))``
+        (``density``: the share of pixels ``node`` keeps; ``layout``: where ``node``'s output
+        holds the channels, if it moves them)."""
+        layout = layout or self.layout
+        return replace(self, map=new_map, nodes=(*self.nodes, node), costs=(*self.costs, 0.0),
+                       families=self.families | {family}, prefix=(*self.prefix, node),
+                       density=self.density * density, layout=layout, out_layout=layout)
+
+    def followed_by(self, node: gs.Node, family: str, layout: str | None = None) -> Candidate:
+        """This candidate with ``node`` (data movement that keeps every channel whole) added to
+        its suffix (``layout``: where ``node``'s output holds the channels)."""
+        return replace(self, nodes=(*self.nodes, node), costs=(*self.costs, 0.0),
+                       families=self.families | {family}, suffix=(*self.suffix, node),
+                       out_layout=layout or self.out_layout)
 
 
 def join(
     node: gs.Node, parts: list[Candidate], new_map: nx.Map, family: str
 ) -> Candidate:
     """The candidate of ``node`` combining one candidate per input (sums, concats); nodes the
-    parts share (``Add(t, BN(t))``) are counted once."""
+    parts share (``Add(t, BN(t))``) are counted once. The parts agree on ``key``."""
     nodes: dict[int, tuple[gs.Node, float]] = {}
     for p in parts:
         nodes.update((id(n), (n, cost)) for n, cost in zip(p.nodes, p.costs, strict=True))
-    return Candidate(
-        parts[0].source, new_map, (*(n for n, _ in nodes.values()), node),
-        (*(cost for _, cost in nodes.values()), 0.0),
-        frozenset().union(*(p.families for p in parts)) | {family},
+    return replace(
+        parts[0], map=new_map, nodes=(*(n for n, _ in nodes.values()), node),
+        costs=(*(cost for _, cost in nodes.values()), 0.0),
+        families=frozenset().union(*(p.families for p in parts)) | {family},
     )
 
 
@@ -175,51 +223,62 @@ class RegionContext:
         """Why ``reader`` may not absorb the computation of ``t`` (None when it may)."""
         return shared_reason(t, reader, self.graph, self.pinned)
 
-    def regions_of(self, t: gs.Tensor) -> list[Candidate]:
+    def regions_of(self, t: gs.Tensor, layouts: tuple[str, ...] = (NC,)) -> list[Candidate]:
         """``t`` itself and, unless it is pinned, the regions that compute it."""
-        own = self.identity(t)
+        own = [c for c in (self.identity(t, layout) for layout in layouts) if c is not None]
         upstream = self.candidates.get(id(t), []) if self.pinned_reason(t) is None else []
-        return [own, *upstream] if own else list(upstream)
+        return own + [c for c in upstream if c.out_layout in layouts]
 
     def pinned_reason(self, t: gs.Tensor) -> str | None:
         """Why no region may absorb the computation of ``t`` whatever reads it (a graph output,
         or read inside a subgraph); other readers are checked when a region is chosen."""
         return shared_reason(t, None, self.graph, self.pinned)
 
-    def identity(self, t: gs.Tensor) -> Candidate | None:
+    def identity(self, t: gs.Tensor, layout: str = NC) -> Candidate | None:
+        """``t`` as the identity map of itself, channels where ``layout`` says (None when
+        its rank does not allow that layout or is unknown)."""
         rank = self.shapes.rank(t.name)
-        if rank is None or rank < 3:
+        if rank is None or rank < 2 or (layout == LAST and rank < 3) or (
+            layout == TRANSPOSED and rank != 2
+        ):
             return None
-        channels = self.shapes.dim(t.name, 1)
-        return Candidate(t, nx.ChannelAffine.identity(rank - 2, channels))
+        axis = {NC: 1, LAST: rank - 1, TRANSPOSED: 0}[layout]
+        spatial = rank - 2 if layout == NC else 0
+        channels = self.shapes.dim(t.name, axis)
+        return Candidate(t, nx.ChannelAffine.identity(spatial, channels), layout=layout,
+                         out_layout=layout)
 
-    def operands(self, node: gs.Node, index: int, family: str) -> list[Candidate]:
-        """Candidates ``node`` may use for its input ``index``: its identity, and the regions
-        that compute it unless it is pinned. A region whose inside is read from outside is
-        weeded out when roots choose (every reader of an absorbed tensor must be absorbed
-        by the same rewrite)."""
+    def operands(self, node: gs.Node, index: int, family: str,
+                 layouts: tuple[str, ...] = (NC,), suffixed: bool = False) -> list[Candidate]:
+        """Candidates ``node`` may use for its input ``index`` with channels where ``layouts``
+        allow: its identity, and the regions that compute it unless it is pinned (those with a
+        suffix only if ``node`` is per channel: ``suffixed``). A region whose inside is read
+        from outside is weeded out when roots choose (every reader of an absorbed tensor must
+        be absorbed by the same rewrite)."""
         t = node.inputs[index]
         if not isinstance(t, gs.Variable):
             return []
-        own = self.identity(t)
-        upstream = self.candidates.get(id(t), [])
+        own = [c for c in (self.identity(t, layout) for layout in layouts) if c is not None]
+        upstream = [c for c in self.candidates.get(id(t), [])
+                    if c.out_layout in layouts and (suffixed or not c.suffix)]
         if upstream:
             pinned = self.pinned_reason(t)
             if pinned is None:
-                return [own, *upstream] if own else list(upstream)
+                return own + upstream
             self.note(node, family, f"cannot fold through {pinned}")
         elif id(t) in self.opaque:
             self.note(node, family, f"cannot fold: {self.opaque[id(t)]}")
-        if own is None:
-            return [Candidate(t, _unknown_rank(upstream))] if upstream else []
-        return [own]
+        if not own and upstream:
+            return [_unknown_rank(t, upstream)]
+        return own
 
 
-def _unknown_rank(upstream: list[Candidate]) -> nx.ChannelAffine:
+def _unknown_rank(t: gs.Variable, upstream: list[Candidate]) -> Candidate:
     """The identity of a tensor whose rank is only known from the maps that compute it."""
-    m = upstream[0].map
+    m, layout = upstream[0].map, upstream[0].out_layout
     channels = m.cout if isinstance(m, nx.ConvMap) else m.channels
-    return nx.ChannelAffine.identity(m.rank, channels)
+    return Candidate(t, nx.ChannelAffine.identity(m.rank, channels), layout=layout,
+                     out_layout=layout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,11 +410,11 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         weights = _weights(best, node, ctx)
         if weights is None:
             continue
-        new = _emit(t, best, weights, names)
+        news = _emit(t, best, weights, names)
         folds.append(_fold_record(t, best))
         for n in best.nodes:
             absorbed[id(n)] = n
-        replacements[id(node)] = ([new], t)
+        replacements[id(node)] = (news, t)
         needed.add(id(best.source))
 
     if replacements:
@@ -423,7 +482,8 @@ def _weights(c: Candidate, root: gs.Node, ctx: RegionContext) -> np.ndarray | No
     """The kernel of ``c`` in the model's dtype (the one time it is materialized), or None
     with a note when it does not fit that dtype."""
     assert isinstance(c.map, nx.ConvMap)
-    weights, dtype = c.map.weights(), _dtype(c)
+    weights = c.map.weights() if c.map.rank else nx.dense_weights(c.map)
+    dtype = _dtype(c)
     if not (_fits(weights, dtype) and _fits(c.map.bias, dtype)):
         ctx.note(root, _label(c), f"the folded weights of {len(c.nodes)} nodes overflow {dtype}")
         return None
@@ -441,10 +501,10 @@ def _emit_partial(
         weights = _weights(c, root, ctx)
         if weights is None:
             return None
-        conv = _emit(t, c, weights, names)
-        out = gs.Variable(names.fresh(f"{conv.name or t.name}.out"), dtype=weights.dtype)
-        conv.outputs.append(out)
-        nodes.append(conv)
+        emitted = _emit(t, c, weights, names)
+        out = gs.Variable(names.fresh(f"{emitted[-1].name or t.name}.out"), dtype=weights.dtype)
+        emitted[-1].outputs.append(out)
+        nodes += emitted
         terms.append((1.0, out))
     terms += sorted(p.rest, key=lambda term: term[0] < 0)  # positive terms first
     sign, acc = terms[0]
@@ -467,11 +527,11 @@ def _node(op: str, inputs: list[gs.Tensor], names: Names, root: gs.Node,
 
 
 def _dedupe(found: list[Candidate]) -> list[Candidate]:
-    seen: set[int] = set()
+    seen: set[tuple[int, str, tuple[int, ...]]] = set()
     out = []
     for c in found:
-        if id(c.source) not in seen:
-            seen.add(id(c.source))
+        if c.key not in seen:
+            seen.add(c.key)
             out.append(c)
     return out
 
@@ -486,15 +546,15 @@ def _choose(
     costly: Candidate | None = None
     escaping: tuple[Candidate, str] | None = None
     for c in candidates:
-        if len(c.nodes) < 2 or not isinstance(c.map, nx.ConvMap):
-            continue
-        if not any(n.op == "Conv" for n in c.nodes) or any(id(n) in absorbed for n in c.nodes):
+        if not isinstance(c.map, nx.ConvMap) or not _gains(c):
+            continue  # nothing to gain: the rewrite would do as much as what it replaces
+        if not any(n.op in LAYERS for n in c.nodes) or any(id(n) in absorbed for n in c.nodes):
             continue
         why = escape(c, root, ctx)
         if why is not None:
             escaping = escaping or (c, why)
             continue
-        if nx.macs(c.map) > c.macs * (1 + 1e-9):
+        if _cost(c) > c.macs * (1 + 1e-9):
             costly = costly or c
             continue
         if best is None or len(c.nodes) > len(best.nodes):
@@ -504,8 +564,8 @@ def _choose(
     if best is None and costly is not None:
         ctx.note(
             root, _label(costly),
-            f"one Conv for {len(costly.nodes)} nodes would cost {nx.macs(costly.map):.4g} "
-            f"MACs per pixel instead of {costly.macs:.4g}",
+            f"one {_layer_op(costly)} for {len(costly.nodes)} nodes would cost "
+            f"{_cost(costly):.4g} MACs per pixel instead of {costly.macs:.4g}",
         )
     return best
 
@@ -529,15 +589,45 @@ def escape(c: Candidate, root: gs.Node, ctx: RegionContext,
     return None
 
 
-def _main_conv(c: Candidate) -> gs.Node:
-    """The conv whose name and dtype the emitted Conv takes: the largest weight."""
-    return max(
-        (n for n in c.nodes if n.op == "Conv"), key=lambda n: int(np.prod(n.inputs[1].shape))
-    )
+def _cost(c: Candidate) -> float:
+    """Multiply-accumulates per source pixel of the layer ``c`` becomes."""
+    return nx.macs(c.map) * c.density
+
+
+def _layer_op(c: Candidate) -> str:
+    """What ``c`` is rewritten as: a Conv, a Gemm on a 2-D tensor, or MatMul (+ Add) on a
+    tensor of features on its last axis."""
+    if c.map.rank > 0:
+        return "Conv"
+    return "MatMul" if c.layout == LAST else "Gemm"
+
+
+def _gains(c: Candidate) -> bool:
+    """The rewrite of ``c`` does less than the nodes it replaces: counting the replayed data
+    movement on neither side, a BatchNormalization as two ops (a scale and a shift) and every
+    other node as one, against the layer and the Add of a MatMul's bias."""
+    replayed = {id(n) for n in (*c.prefix, *c.suffix)}
+    work = sum(2 if n.op == "BatchNormalization" else 1 for n in c.nodes
+               if id(n) not in replayed)
+    return work > _emitted(c) - len(replayed)
+
+
+def _emitted(c: Candidate) -> int:
+    """Nodes the rewrite of ``c`` makes: its prefix and suffix replayed, and the layer (MatMul
+    with a bias is two)."""
+    assert isinstance(c.map, nx.ConvMap)
+    layer = 2 if _layer_op(c) == "MatMul" and np.any(c.map.bias != 0) else 1
+    return len(c.prefix) + layer + len(c.suffix)
+
+
+def _main_layer(c: Candidate) -> gs.Node:
+    """The layer whose name and dtype the rewritten one takes: the largest weight."""
+    return max((n for n in c.nodes if n.op in LAYERS),
+               key=lambda n: math.prod(n.inputs[1].shape or ()))
 
 
 def _dtype(c: Candidate) -> np.dtype:
-    return np.dtype(_main_conv(c).inputs[1].dtype)
+    return np.dtype(_main_layer(c).inputs[1].dtype)
 
 
 def _fits(values: np.ndarray, dtype: np.dtype) -> bool:
@@ -550,31 +640,66 @@ def _label(c: Candidate) -> str:
     return next((f for f in LABEL_ORDER if f in c.families), "conv-bn")
 
 
-def _emit(t: gs.Tensor, c: Candidate, weights: np.ndarray, names: Names) -> gs.Node:
-    """The Conv computing ``c.map(c.source)`` with ``weights`` (its kernel, already cast to the
-    model's dtype); its output ``t`` is attached once the nodes it replaces are detached."""
+def _emit(t: gs.Tensor, c: Candidate, weights: np.ndarray, names: Names) -> list[gs.Node]:
+    """The nodes computing ``c.map(c.prefix(c.source))`` with ``weights`` (the kernel, already
+    cast to the model's dtype): the prefix replayed on the source, then a Conv, a Gemm, or a
+    MatMul and the Add of its bias. The last node's output ``t`` is attached once the nodes
+    it replaces are detached."""
     m = c.map
     assert isinstance(m, nx.ConvMap)
-    main = _main_conv(c)
+    main = _main_layer(c)
     base = main.name or t.name
-    weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(weights))
+    nodes: list[gs.Node] = []
+    x: gs.Tensor = c.source
+    for p in c.prefix:
+        x = _replay(p, x, names, nodes)
     bias = gs.Constant(names.fresh(f"{base}.bias"), m.bias.astype(weights.dtype))
-    attrs: dict[str, object] = {
-        "dilations": list(m.dilations), "group": m.group, "kernel_shape": list(m.kernel),
-    }
-    if m.auto_pad == "NOTSET":
-        attrs["pads"] = list(m.pads)
+    op = _layer_op(c)
+    if op == "Conv":
+        attrs: dict[str, object] = {
+            "dilations": list(m.dilations), "group": m.group, "kernel_shape": list(m.kernel),
+        }
+        if m.auto_pad == "NOTSET":
+            attrs["pads"] = list(m.pads)
+        else:
+            attrs["auto_pad"] = m.auto_pad
+        attrs["strides"] = list(m.strides)
+        weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(weights))
+        nodes.append(gs.Node("Conv", main.name, attrs, inputs=[x, weight, bias]))
+    elif op == "Gemm":
+        weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(weights))
+        attrs = {"transB": 1, **({"transA": 1} if c.layout == TRANSPOSED else {})}
+        nodes.append(gs.Node("Gemm", main.name, attrs, inputs=[x, weight, bias]))
     else:
-        attrs["auto_pad"] = m.auto_pad
-    attrs["strides"] = list(m.strides)
-    return gs.Node("Conv", main.name, attrs, inputs=[c.source, weight, bias])
+        weight = gs.Constant(names.fresh(f"{base}.weight"), np.ascontiguousarray(weights.T))
+        nodes.append(gs.Node("MatMul", main.name, inputs=[x, weight]))
+        if _emitted(c) > len(c.prefix) + 1 + len(c.suffix):
+            product = gs.Variable(names.fresh(f"{base}.product"), dtype=weights.dtype)
+            nodes[-1].outputs.append(product)
+            nodes.append(gs.Node("Add", names.fresh(f"{base}.bias_add"),
+                                 inputs=[product, bias]))
+    for p in c.suffix:
+        y = gs.Variable(names.fresh(f"{base}.out"), dtype=weights.dtype)
+        nodes[-1].outputs.append(y)
+        _replay(p, y, names, nodes)
+        nodes[-1].outputs.clear()  # the caller attaches the output
+    return nodes
+
+
+def _replay(node: gs.Node, x: gs.Tensor, names: Names, nodes: list[gs.Node]) -> gs.Variable:
+    """A copy of data-movement ``node`` reading ``x`` (its other inputs as they were), appended
+    to ``nodes``; returns its output."""
+    out = gs.Variable(names.fresh(f"{node.name or node.op}.out"), dtype=x.dtype)
+    nodes.append(gs.Node(node.op, names.fresh(node.name or node.op), dict(node.attrs),
+                         inputs=[x, *node.inputs[1:]], outputs=[out]))
+    return out
 
 
 def _partial_record(t: gs.Tensor, p: Partial) -> Fold:
     nodes = {id(n): n for c in p.groups for n in c.nodes}
     nodes.update((id(n), n) for n in p.tree)
-    convs = ", ".join(f"Conv {'x'.join(map(str, c.map.kernel))}" for c in p.groups
-                      if isinstance(c.map, nx.ConvMap))
+    convs = ", ".join(f"Conv {'x'.join(map(str, c.map.kernel))}" if c.map.rank else _layer_op(c)
+                      for c in p.groups)
     adds = len(p.groups) + len(p.rest) - 1
     return Fold(
         pattern="branches",
@@ -593,6 +718,6 @@ def _fold_record(t: gs.Tensor, c: Candidate) -> Fold:
         output=t.name,
         nodes=[n.name for n in c.nodes],
         ops=dict(Counter(n.op for n in c.nodes)),
-        result=f"Conv {'x'.join(map(str, m.kernel))}"
-        + (f" group={m.group}" if m.group > 1 else ""),
+        result=(f"Conv {'x'.join(map(str, m.kernel))}" if m.rank else _layer_op(c))
+        + (f" group={m.group}" if m.group > 1 and m.rank else ""),
     )
