@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "release_overridable",
     "replace_uses",
     "shared_reason",
+    "splice",
     "subgraph_references",
 ]
 
@@ -199,7 +200,7 @@ def canonicalize(graph: gs.Graph, pinned: set[str]) -> int:
     Tensors in ``pinned`` (graph outputs, names subgraphs read) keep their producers.
     Returns the number of nodes removed.
     """
-    removed: set[int] = set()
+    removed: dict[int, gs.Node] = {}
     outputs = {id(t) for t in graph.outputs}
     for node in graph.nodes:
         if not is_default_domain(node) or len(node.outputs) != 1:
@@ -217,11 +218,8 @@ def canonicalize(graph: gs.Graph, pinned: set[str]) -> int:
         else:
             continue
         replace_uses(out, replacement)
-        node.outputs.clear()
-        node.inputs.clear()
-        removed.add(id(node))
-    if removed:
-        graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+        removed[id(node)] = node
+    splice(graph, removed)
     return len(removed)
 
 
@@ -247,6 +245,29 @@ def release_overridable(graph: gs.Graph, model: onnx.ModelProto) -> set[str]:
             by_name[name] = var
     graph.inputs = [by_name[n] for n in order if n in by_name]
     return names
+
+
+def splice(
+    graph: gs.Graph, removed: Mapping[int, gs.Node],
+    replacements: Mapping[int, tuple[list[gs.Node], gs.Tensor]] | None = None,
+) -> None:
+    """Take the ``removed`` nodes (by ``id``) out of ``graph``, detached from their tensors,
+    and put in the place of each node in ``replacements`` its new nodes, the last of which
+    then writes the tensor given with them (the one the old node or chain wrote). The one
+    graph edit every rewrite makes."""
+    replacements = replacements or {}
+    if not removed and not replacements:
+        return
+    for n in removed.values():
+        n.inputs.clear()
+        n.outputs.clear()
+    graph.nodes = [
+        new for n in graph.nodes
+        if id(n) not in removed or id(n) in replacements
+        for new in (replacements[id(n)][0] if id(n) in replacements else [n])
+    ]
+    for news, t in replacements.values():
+        news[-1].outputs.append(t)
 
 
 def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import ShapeInfo, is_default_domain, shared_reason
+from onnxrep.graph import ShapeInfo, is_default_domain, shared_reason, splice
 from onnxrep.passes.channelwise import affine_chain, is_affine
 from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
@@ -57,8 +57,8 @@ def fold_chains(
 
     folds: list[Fold] = []
     skips: list[Skip] = []
-    removed: set[int] = set()
-    replacements: dict[int, gs.Node] = {}
+    removed: dict[int, gs.Node] = {}
+    replacements: dict[int, tuple[list[gs.Node], gs.Tensor]] = {}
     for node in graph.nodes:
         if node.op not in ops or not is_default_domain(node) or id(node) in removed:
             continue
@@ -91,17 +91,10 @@ def fold_chains(
             hint = f"{node.name or node.op}.{'weight' if slot == 1 else 'bias'}"
             inputs.append(gs.Constant(names.fresh(hint), np.ascontiguousarray(values, layer.dtype)))
         last = chain[-1].outputs[0]
-        for n in (node, *chain):
-            n.inputs.clear()
-            n.outputs.clear()
-            removed.add(id(n))
-        replacements[id(node)] = gs.Node(op, node.name, attrs, inputs=inputs, outputs=[last])
+        removed.update((id(n), n) for n in (node, *chain))
+        replacements[id(node)] = ([gs.Node(op, node.name, attrs, inputs=inputs)], last)
         ops_count = Counter(n.op for n in (node, *chain))
         folds.append(Fold(family, last.name, [n.name for n in (node, *chain)],
                           dict(ops_count), op))
-    if replacements:
-        graph.nodes = [
-            replacements.get(id(n), n) for n in graph.nodes
-            if id(n) not in removed or id(n) in replacements
-        ]
+    splice(graph, removed, replacements)
     return folds, skips

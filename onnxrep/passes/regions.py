@@ -35,6 +35,7 @@ from onnxrep.graph import (
     is_constant,
     is_default_domain,
     shared_reason,
+    splice,
 )
 from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
@@ -418,16 +419,7 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         needed.add(id(best.source))
 
     if replacements:
-        for n in absorbed.values():
-            n.inputs.clear()
-            n.outputs.clear()
-        graph.nodes = [
-            new for n in graph.nodes
-            if id(n) not in absorbed or id(n) in replacements
-            for new in (replacements[id(n)][0] if id(n) in replacements else [n])
-        ]
-        for news, t in replacements.values():
-            news[-1].outputs.append(t)
+        splice(graph, absorbed, replacements)
     folds.reverse()  # roots were found last to first
     _explain_the_rest(graph, ctx, absorbed)
     skips = [
