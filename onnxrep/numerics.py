@@ -11,7 +11,7 @@ Maps compose, and each operation below returns a new map or raises :class:`Refus
 reason a user can read. Nothing here knows about ONNX graphs; callers cast the float64 result
 once to the model's dtype.
 
-Kernel frames (shared/REPARAM.md §2). Along one spatial axis a conv reads input index
+Kernel frames (docs/algebra.md §2). Along one spatial axis a conv reads input index
 ``o*s - p0 + j*d`` for tap ``j``. Placed into a ``K``-tap kernel at offset ``L`` of a conv with
 begin pad ``P0`` it reads ``o*s - P0 + (j+L)*d``, so ``L = (P0 - p0)/d`` must be a non-negative
 integer. Output lengths ``floor((n + p0 + p1 - d*(k-1) - 1)/s) + 1`` agree for every input
@@ -19,7 +19,7 @@ length ``n`` exactly when the strides and the *extents* ``p0 + p1 - d*(k-1)`` ag
 
 Border values. A pointwise map (1-tap kernel, stride 1) evaluated on its zero padding gives its
 bias, so a pointwise map with pads describes "the map, padded with its bias". A conv that zero-
-pads such a map therefore merges exactly only when that bias is 0 (shared/REPARAM.md §3, §5).
+pads such a map therefore merges exactly only when that bias is 0 (docs/algebra.md §3, §5).
 
 Lazy kernels. A map's kernel is a :class:`Lazy` array: its shape, and a recipe that computes
 the float64 values from its parents' on demand. Deciding whether maps merge needs only shapes
@@ -251,7 +251,7 @@ def to_conv(m: Map, group: int, channels: int | None = None) -> ConvMap:
 def regroup_weight(weight: np.ndarray, group: int, coarser: int) -> np.ndarray:
     """The ``[Cout, Cin/coarser, *kernel]`` weight of a ``group``-grouped conv's ``weight``
     written as a conv with ``coarser`` groups (``coarser`` divides ``group``;
-    shared/REPARAM.md §7): every fine group's block sits on the diagonal of its coarse group's
+    docs/algebra.md §7): every fine group's block sits on the diagonal of its coarse group's
     block, zeros elsewhere. ``coarser = 1`` gives the dense weight."""
     if group == coarser:
         return weight
@@ -433,8 +433,8 @@ def _sum_placed(
 
 
 def _common_group(maps: Sequence[Map]) -> int:
-    """The group count all maps can be written with: the gcd of the convs' groups (§7; a
-    per-channel map fits any)."""
+    """The group count all maps can be written with: the gcd of the convs' groups (a
+    per-channel map fits any; docs/algebra.md §7)."""
     groups = [m.group for m in maps if isinstance(m, ConvMap)]
     return math.gcd(*groups) if groups else 1
 
@@ -485,11 +485,12 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
 
 
 def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
-    """Maps of one input stacked along the output channels (shared/REPARAM.md §4).
+    """Maps of one input stacked along the output channels (docs/algebra.md §4).
 
     The merged conv is dense: with ``g > 1`` groups its first output block would have to read
     only the first input block, but the first map's channels read every block. Grouped maps
-    are written densely first (§7); the region's cost check decides whether that pays."""
+    are written densely first (docs/algebra.md §7); the region's cost check decides whether
+    that pays."""
     cins = {m.cin for m in maps if isinstance(m, ConvMap)}
     if not cins and channels is None:
         raise Refused("the channel count of an identity branch is unknown")
@@ -562,7 +563,7 @@ def _chain_bias(inner: ConvMap, outer: ConvMap) -> tuple[np.ndarray, np.ndarray]
 
 
 def compose(inner: Map, outer: Map) -> Map:
-    """``outer(inner(x))`` as one map (shared/REPARAM.md §3).
+    """``outer(inner(x))`` as one map (docs/algebra.md §3).
 
     Exact when ``inner`` is pointwise with stride 1 (then the pads add up, and ``outer`` must not
     zero-pad a non-zero bias), or when ``outer`` is pointwise with stride 1 and no pads

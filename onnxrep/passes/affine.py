@@ -1,4 +1,6 @@
-"""Conv followed by Mul / Add / Sub / Div with a scalar or per-channel constant (§1).
+"""Conv followed by Mul / Add / Sub / Div by a scalar or per-channel constant.
+
+The algebra: docs/algebra.md §1.
 
 Before → after: ``Mul(Conv(x, W, b), a)`` → ``Conv(x, W * a, b * a)``; ``Add(.., c)`` adds ``c``
 to the bias; ``Sub(c, y)`` is ``-y + c``; ``Div(y, c)`` is ``y * (1/c)``. Either operand order.

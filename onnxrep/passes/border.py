@@ -1,4 +1,6 @@
-"""A border filled with per-channel constants: DBB's "BN and pad" in its exported forms (§5).
+"""A border filled with per-channel constants: DBB's "BN and pad" in its exported forms.
+
+The algebra: docs/algebra.md §5.
 
 Before → after: ``ScatterND(ScatterND(Pad(BN(Conv1x1(x)))))`` (TorchScript) or the
 ``Pad → Transpose → ScatterND … → Transpose`` chain (dynamo) → part of one Conv.
@@ -13,8 +15,8 @@ element, where it came from. If that is "the input, offset by ``p0`` on each spa
 border of one constant value per channel ``c``", the chain is ``pad(y, pads, c)``. When ``y``
 is a pointwise map whose bias equals ``c`` (the value at zero input, as DBB writes it), that is
 exactly the map with larger pads (numerics.pad), and a following Conv or AveragePool merges as
-in §3/§5. Only chains of the ops in ``ROUTING`` with constant side inputs, on static shapes,
-qualify; anything else keeps its nodes.
+in docs/algebra.md §3 and §5. Only chains of the ops in ``ROUTING`` with constant side inputs,
+on static shapes, qualify; anything else keeps its nodes.
 """
 
 from __future__ import annotations

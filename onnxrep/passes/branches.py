@@ -1,9 +1,11 @@
-"""Parallel branches summed: ``Add`` / ``Sub`` / ``Sum`` of maps of one tensor → one map (§2).
+"""Parallel branches summed: ``Add`` / ``Sub`` / ``Sum`` of maps of one tensor → one map.
+
+The algebra: docs/algebra.md §2 and §7.
 
 Before → after: ``Add(BN(Conv3x3(x)), BN(Conv1x1(x)))`` and ``x + BN(x)`` and nested sums →
 ``Conv(x, ΣW_i placed in a common frame, Σb_i)``. Every operand is a candidate region; the
 sum exists for each source tensor that all operands can be expressed in. ``Sub`` negates its
-second operand. Branches of different group counts merge with the gcd of their groups (§7).
+second operand. Branches of different group counts merge with the gcd of their groups.
 The frame rule, and the refusals (unequal strides or dilations, channel counts; pads that are
 not a whole number of dilated taps apart; output sizes that differ) are in
 :func:`onnxrep.numerics.add`.

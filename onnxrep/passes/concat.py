@@ -1,4 +1,4 @@
-"""Concat of parallel convolutions on one tensor → one Conv (shared/REPARAM.md §4).
+"""Concat of parallel convolutions on one tensor → one Conv (docs/algebra.md §4).
 
 Before → after: ``Concat(Conv_1(x), Conv_2(x), axis=1)`` → ``Conv(x, [W_1; W_2], [b_1; b_2])``
 with the kernels placed in a common frame first (as for branch sums). Exact when the strides

@@ -1,4 +1,4 @@
-"""Conv → BatchNormalization (shared/REPARAM.md §1), and BatchNormalization on a branch input.
+"""Conv → BatchNormalization (docs/algebra.md §1), and BatchNormalization on a branch input.
 
 Before → after: ``BN(Conv(x, W, b))`` → ``Conv(x, W', b')`` with ``t = gamma / sqrt(var + eps)``,
 ``W' = W * t[:, None, ...]``, ``b' = beta + (b - mean) * t``. Exact for every input. A BN that

@@ -1,4 +1,6 @@
-"""ConvTranspose followed by BatchNormalization or a per-channel affine → one ConvTranspose (§1).
+"""ConvTranspose followed by BatchNormalization or a per-channel affine → one ConvTranspose.
+
+The algebra: docs/algebra.md §1.
 
 Before → after: ``BN(ConvTranspose(x, W, b))`` → ``ConvTranspose(x, W', b')``, the algebra in
 :func:`onnxrep.numerics.transposed_affine` (grouped layouts included). Every attribute

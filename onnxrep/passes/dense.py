@@ -1,4 +1,6 @@
-"""Dense layers as maps: Gemm and MatMul with constant weights fold like 1x1 convs (§8).
+"""Dense layers as maps: Gemm and MatMul with constant weights fold like 1x1 convs.
+
+The algebra: docs/algebra.md §8.
 
 A Linear is a 1x1 conv on an image without spatial axes: ``Gemm(A, B, C)`` is the rank-0 map
 ``W[n, k] = alpha * op(B)[k, n]``, ``b = beta * C`` of A's rows (:func:`onnxrep.numerics.gemm`),

@@ -1,4 +1,6 @@
-"""Zero padding that belongs to a conv (§5): ``Conv(Pad(x))`` → ``Conv(x)`` with the pads.
+"""Zero padding that belongs to a conv: ``Conv(Pad(x))`` → ``Conv(x)`` with the pads.
+
+The algebra: docs/algebra.md §5.
 
 Before → after: ``Conv(Pad(x, pads, 0), pads=0)`` → ``Conv(x, pads)``. ``Pad`` is the identity
 map with pads; the conv reading it composes (see sequential), and the pads add up. Exact for

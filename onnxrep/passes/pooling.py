@@ -1,4 +1,4 @@
-"""AveragePool as a convolution, so an average-pool branch joins a region (§5).
+"""AveragePool as a convolution, so an average-pool branch joins a region (docs/algebra.md §5).
 
 Before → after: ``AveragePool(k, s)(Conv1x1(x))`` inside a branch sum → part of one Conv.
 ``AveragePool`` is the depthwise conv with weight ``1/prod(k)``. Exact when it has no pads or

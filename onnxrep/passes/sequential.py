@@ -1,4 +1,4 @@
-"""Sequential convolutions: ``Conv_B(Conv_A(x))`` → one Conv (shared/REPARAM.md §3).
+"""Sequential convolutions: ``Conv_B(Conv_A(x))`` → one Conv (docs/algebra.md §3).
 
 Before → after: ``Conv3x3(Conv1x1(x))`` → ``Conv3x3'(x)`` with
 ``W[o, i] = Σ_m W_B[o, m] · W_A[m, i]`` per group and ``b = b_B + Σ_taps W_B · b_A``; and
