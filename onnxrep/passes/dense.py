@@ -80,7 +80,7 @@ def _layer(node: gs.Node, ctx: RegionContext, m: nx.ConvMap, layout: str) -> lis
         return [own.then(node, m, FAMILY, cost, out_layout=NC)] if own is not None else []
     out = []
     for c in ctx.operands(node, 0, FAMILY, layouts=(layout,)):
-        if c.map.rank != 0:
+        if c.map.rank != 0 or ctx.folds_back(c):
             continue
         if not c.nodes:
             out.append(c.then(node, m, FAMILY, cost))

@@ -230,6 +230,17 @@ class RegionContext:
         upstream = self.candidates.get(id(t), []) if self.pinned_reason(t) is None else []
         return own + [c for c in upstream if c.out_layout in layouts]
 
+    def folds_back(self, c: Candidate) -> bool:
+        """``c`` is a per-channel chain (BN, affine; no layer) whose source a layer computes
+        for it alone: the chain folds into that layer (as its deploy form does), not into the
+        layer after it, which would be as exact but round differently."""
+        if any(n.op in LAYERS for n in c.nodes) or not c.nodes or c.prefix:
+            return False
+        producer = c.source.inputs[0] if c.source.inputs else None
+        return (producer is not None and producer.op in LAYERS and len(c.source.outputs) == 1
+                and self.pinned_reason(c.source) is None and self.guard(producer) is None
+                and id(c.source) in self.candidates)
+
     def pinned_reason(self, t: gs.Tensor) -> str | None:
         """Why no region may absorb the computation of ``t`` whatever reads it (a graph output,
         or read inside a subgraph); other readers are checked when a region is chosen."""

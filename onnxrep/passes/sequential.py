@@ -30,8 +30,8 @@ def conv_after_region_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]
         return []  # the core rule records why
     out = []
     for c in ctx.operands(node, 0, FAMILY):
-        if not c.nodes:
-            continue  # Conv(x) itself is the core rule's candidate
+        if not c.nodes or ctx.folds_back(c):
+            continue  # Conv(x) itself is the core rule's; a BN after a conv folds into that
         try:
             merged = nx.compose(c.map, outer)
         except Refused as e:
