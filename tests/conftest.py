@@ -35,6 +35,18 @@ class Exports:
         return self._paths[key]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of one network run in one worker (``-n`` with ``--dist loadgroup``), so each
+    export is made once."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("name") if callspec is not None else None
+        if isinstance(name, str) and name in NETWORKS and "exports" in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return Exports(tmp_path_factory.mktemp("exports"))

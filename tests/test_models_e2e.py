@@ -10,10 +10,11 @@ form; then
   GELU, HardSwish, LayerNorm, QuickGelu, ... is split), and the idiom guard alone kept them:
   the fusion audit had nothing to withdraw;
 - against the float64 torch model, the RMS error over 4 inputs is no larger than the deploy
-  form's: equal (within 2 %) where onnxrep did all the folding (preserve, dynamo), and within
-  25 % of the larger of the deploy form's and the exported model's own error where the exporter
-  had already folded Conv+BN in float32 (torchscript, dynamo-opt), whose rounding onnxrep
-  inherits.
+  form's: equal (within 2 %) where onnxrep did all the folding (preserve, dynamo) and reached
+  the same ops, within 10 % where it folded more (a layer scale the deploy form keeps), and
+  within 25 % of the larger of the deploy form's and the exported model's own error where the
+  exporter had already folded Conv+BN in float32 (torchscript, dynamo-opt), whose rounding
+  onnxrep inherits.
 """
 
 from __future__ import annotations
@@ -78,5 +79,5 @@ def test_network_optimizes_to_its_deploy_form(exports, name: str, form: str) -> 
     if form in PREFOLDED:
         exported = _rms_error(train, inputs, refs)
         assert mine <= 1.25 * max(theirs, exported), (mine, theirs, exported)
-    else:
-        assert mine <= 1.02 * theirs, (mine, theirs)
+    else:  # the same folds round alike; where onnxrep folds more, a little differently
+        assert mine <= (1.02 if got == want else 1.10) * theirs, (mine, theirs)
