@@ -545,11 +545,16 @@ def _contract_groups(inner: ConvMap, outer: ConvMap) -> tuple[Lazy, int]:
             a, b = regroup_weight(a, inner.group, 1), regroup_weight(b, outer.group, 1)
         a = a.reshape((g, a.shape[0] // g, *a.shape[1:]))
         b = b.reshape((g, b.shape[0] // g, *b.shape[1:]))
-        if pointwise_inner:
-            w = np.einsum("gom...,gmi->goi...", b, a.reshape(a.shape[:3]))
-        else:
-            w = np.einsum("gom,gmi...->goi...", b.reshape(b.shape[:3]), a)
-        return w.reshape((w.shape[0] * w.shape[1], *w.shape[2:]))
+        # per group, a matrix product through BLAS: [O, M] x [M, I] for every tap
+        if pointwise_inner:  # b: [g, O, M, *k], a: [g, M, I]
+            taps = b.shape[3:]
+            bt = np.moveaxis(b, 2, -1).reshape(g, -1, b.shape[2])  # [g, O*K, M]
+            w = np.matmul(bt, a.reshape(a.shape[:3]))  # [g, O*K, I]
+            w = np.moveaxis(w.reshape(g, b.shape[1], *taps, -1), -1, 2)
+        else:  # b: [g, O, M], a: [g, M, I, *k]
+            w = np.matmul(b.reshape(b.shape[:3]), a.reshape(g, a.shape[1], -1))
+            w = w.reshape(g, b.shape[1], *a.shape[2:])
+        return np.ascontiguousarray(w.reshape((w.shape[0] * w.shape[1], *w.shape[2:])))
 
     return Lazy((outer.cout, inner.cin // g, *kernel), make), g
 
