@@ -37,7 +37,8 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("constants", "constant subgraphs: exporter shape arithmetic, kernels computed in "
-           "forward", "initializers (onnx shape inference + onnx-graphsurgeon)", "prepare",
+           "forward", "initializers (evaluated in numpy, shapes from onnx shape inference)",
+           "prepare",
            "onnxrep.passes.constants"),
     Family("branches", "Add/Sub/Sum of branches of one tensor; of several tensors, per tensor",
            "one Conv (or one Conv per tensor and an Add)", "regions", "onnxrep.passes.branches"),

@@ -112,14 +112,21 @@ def _optimize(
 
     before = ModelStats.of(original)
     light = io.light_copy(original)
-    checker = _Auditor(original, light) if audit else None
+    checker = _Auditor(original, light) if audit else None  # reads the input as it is
+    shapes = ShapeInfo.infer(original, light)
+    source, folded = original, 0
+    for family, step in PREPARE:
+        if family not in skipped_families:
+            prepared = step(source, light, shapes, owned or source is not original)
+            source, light, shapes = prepared.model, prepared.light, prepared.shapes
+            folded += prepared.removed
     protected: dict[str, str] = {}
     while True:
-        run = _passes(original, light, skipped_families, max_rounds, protected)
+        run = _passes(source, shapes, skipped_families, max_rounds, protected)
         if checker is None or not checker.withdraw(run, protected):
             break
 
-    if not run.applied and not run.removed and not run.folded:
+    if not run.applied and not run.removed and not folded:
         if owned:
             result_model = original
         else:
@@ -127,7 +134,7 @@ def _optimize(
             result_model.CopyFrom(original)
     else:
         reference = None if owned else original
-        result_model = export(run.graph, original, in_place=owned)
+        result_model = export(run.graph, source, in_place=owned or source is not original)
         del run.graph
         _check(result_model, reference)
     return OptimizeResult(
@@ -140,7 +147,7 @@ def _optimize(
         rounds=run.rounds,
         notes=[
             *([f"canonicalized {run.removed} Identity/Constant node(s)"] if run.removed else []),
-            *([f"folded {run.folded} constant node(s)"] if run.folded else []),
+            *([f"folded {folded} constant node(s)"] if folded else []),
         ],
         audit=checker.result if checker is not None else None,
     )
@@ -155,27 +162,23 @@ class _Run:
     skipped: list[Skip]
     rounds: int
     removed: int
-    folded: int
     original: onnx.ModelProto
     shapes: ShapeInfo
 
 
 def _passes(
-    original: onnx.ModelProto, light: onnx.ModelProto, skipped_families: frozenset[str],
+    original: onnx.ModelProto, shapes: ShapeInfo, skipped_families: frozenset[str],
     max_rounds: int, protected: dict[str, str],
 ) -> _Run:
-    """Import ``original``, canonicalize, fold constants, then run the passes to a fixpoint.
-    Nodes whose output is in ``protected`` (and every runtime idiom) are left alone."""
+    """Import ``original`` (whose constants are folded already; ``shapes`` is what shape
+    inference knows of it), canonicalize, then run the passes to a fixpoint. Nodes whose
+    output is in ``protected`` (and every runtime idiom) are left alone."""
     graph = gs.import_onnx(original)
     release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
-    state = PassState(
-        ShapeInfo.infer(original, light), pinned, Names.of(original), skipped_families, opset,
-        skeleton=lambda g: skeleton(g, original),
-    )
+    state = PassState(shapes, pinned, Names.of(original), skipped_families, opset)
     removed = canonicalize(graph, pinned)
-    folded = sum(step(graph, state) for family, step in PREPARE if family not in skipped_families)
     for idiom in idioms.find(graph):
         for node in idiom.nodes:
             state.protected[node.outputs[0].name] = idiom.reason
@@ -196,7 +199,7 @@ def _passes(
         applied += folds_this_round
         if not folds_this_round:
             break
-    return _Run(graph, applied, skipped, rounds, removed, folded, original, state.shapes)
+    return _Run(graph, applied, skipped, rounds, removed, original, state.shapes)
 
 
 class _Auditor:

@@ -1,10 +1,10 @@
 """The state passes share, and the passes in the order of :mod:`onnxrep.families`.
 
 Importing a family's module registers it: a ``regions`` family's module adds its rules to the
-region pass (``regions.run``: everything that becomes one Conv); a ``prepare`` family's module
-has ``prepare(graph, state) -> nodes removed``; a ``pass`` family's module has ``run(graph,
-state) -> (folds, skips)``. The pipeline runs the prepare steps, then repeats the region pass
-and the other passes until nothing changes.
+region pass (``regions.run``: everything that becomes one Conv); a ``pass`` family's module
+has ``run(graph, state) -> (folds, skips)``; a ``prepare`` family's module has ``prepare``,
+which runs on the ModelProto before the graph is built (``constants.prepare``). The pipeline
+then repeats the region pass and the other passes until nothing changes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
-import onnx
 import onnx_graphsurgeon as gs
 
 from onnxrep.families import FAMILIES
@@ -37,8 +37,6 @@ class PassState:
     opset: int
     protected: dict[str, str] = field(default_factory=dict)
     """Output tensor name → why its producer must stay as it is (a runtime's fused idiom)."""
-    skeleton: Callable[[gs.Graph], onnx.ModelProto] | None = None
-    """The graph as a light ModelProto (for shape inference after a change)."""
 
     def guard(self, node: gs.Node) -> str | None:
         """Why ``node`` may neither absorb nor be absorbed (``None`` when it may)."""
@@ -46,12 +44,12 @@ class PassState:
 
 
 Pass = Callable[[gs.Graph, PassState], tuple[list[Fold], list[Skip]]]
-Prepare = Callable[[gs.Graph, PassState], int]
 
-PREPARE: list[tuple[str, Prepare]] = [
+PREPARE: list[tuple[str, Callable[..., Any]]] = [
     (f.name, MODULES[f.name].prepare) for f in FAMILIES if f.stage == "prepare"
 ]
-"""(family, step) run once before the passes, in order."""
+"""(family, step) run on the ModelProto before the graph is built, in order: each takes
+``(model, light copy, shapes, in_place)`` and returns a ``constants.Folded``-like record."""
 
 PASSES: list[tuple[str | None, Pass]] = [
     (None, regions.run),

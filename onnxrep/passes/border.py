@@ -21,11 +21,14 @@ on static shapes, qualify; anything else keeps its nodes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from onnxrep import interpret
 from onnxrep import numerics as nx
 from onnxrep.graph import constant, is_constant
 from onnxrep.passes.regions import Candidate, RegionContext, rule
@@ -85,50 +88,40 @@ def _chain(end: gs.Node, ctx: RegionContext) -> tuple[list[gs.Node], int] | None
 
 def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...],
              opset: int) -> tuple[np.ndarray, dict[int, float]] | None:
-    """Run the chain on tags: returns the output's tag array and the constant each id holds."""
+    """Run the chain on tags: returns the output's tag array and the constant each id holds.
+
+    Each node runs in :mod:`onnxrep.interpret` (numpy, onnx's reference evaluator for what it
+    does not implement) on int64 tags in place of its values."""
     values: dict[int, float] = {}
-    inits: list[onnx.TensorProto] = []
-    protos = []
-    start = nodes[0].inputs[slot].name
+    current = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
     next_id = -1
     for k, node in enumerate(nodes):
-        inputs = []
+        inputs: list[np.ndarray | None] = []
         for i, t in enumerate(node.inputs):
             value = constant(t)
-            if not t.name or value is None:
-                inputs.append(t.name)  # the routed tensor (or an omitted optional input)
+            if i == (slot if k == 0 else _variable_slot(node)):
+                inputs.append(current)  # the routed tensor
+            elif not t.name or value is None:
+                inputs.append(None)  # an omitted optional input
             elif i in _data_slots(node):
                 v = np.asarray(value, dtype=np.float64)
                 tags = np.arange(next_id, next_id - v.size, -1, dtype=np.int64)
                 values.update(zip(tags.tolist(), v.reshape(-1).tolist(), strict=True))
                 next_id -= v.size
-                inits.append(numpy_helper.from_array(tags.reshape(v.shape), f"tag_{k}_{i}"))
-                inputs.append(f"tag_{k}_{i}")
+                inputs.append(tags.reshape(v.shape))
             else:
-                inits.append(numpy_helper.from_array(np.asarray(value), f"side_{k}_{i}"))
-                inputs.append(f"side_{k}_{i}")
-        if node.op == "Pad" and (len(inputs) < 3 or not inputs[2]):
+                inputs.append(np.asarray(value))
+        if node.op == "Pad" and (len(inputs) < 3 or inputs[2] is None):
             values[next_id] = 0.0  # the default pad value, made visible as a tag
-            name = f"pad_value_{k}"
-            inits.append(numpy_helper.from_array(np.array(next_id, dtype=np.int64), name))
+            inputs = [*inputs[:2], np.array(next_id, dtype=np.int64), *inputs[3:]]
             next_id -= 1
-            inputs = [*inputs[:2], name, *inputs[3:]]
-        attrs = {a: v for a, v in node.attrs.items()}
-        protos.append(helper.make_node(node.op, inputs, [node.outputs[0].name], **attrs))
-    graph = helper.make_graph(
-        protos, "routing", [helper.make_tensor_value_info(start, onnx.TensorProto.INT64, shape)],
-        [helper.make_tensor_value_info(nodes[-1].outputs[0].name, onnx.TensorProto.INT64, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    try:
-        from onnx.reference import ReferenceEvaluator
-
-        probe = np.arange(np.prod(shape)).reshape(shape)
-        (out,) = ReferenceEvaluator(model).run(None, {start: probe})
-    except Exception:  # an op form the reference evaluator rejects: not provably a routing
-        return None
-    return np.asarray(out), values
+        proto = helper.make_node(node.op, [f"i{i}" for i in range(len(inputs))], ["y"],
+                                 **dict(node.attrs))
+        try:
+            (current,) = interpret.run(proto, inputs, opset)[:1]
+        except Exception:  # a form nothing here runs: not provably a routing
+            return None
+    return current, values
 
 
 def border_fill(

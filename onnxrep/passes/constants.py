@@ -1,191 +1,322 @@
-"""Constant subgraphs folded to initializers, so the patterns behind them become visible.
+"""Constant subgraphs folded to initializers, first, so the patterns behind them become visible.
 
 Exporters compute parts of a block at run time from constants only: the dynamo exporter builds
-a zero Conv bias from ``Shape(W)``/``Expand``/``CastLike``, and DBB's "BN and pad" layer
-exports (TorchScript) as thousands of Shape/Gather/Range/Where nodes that compute fixed border
-indices. This pre-pass does not evaluate anything itself: it lets onnx shape inference (with
-data propagation) annotate the graph and onnx-graphsurgeon's ``fold_constants`` replace every
-node whose inputs are constants or static shapes by its value, repeating while that exposes
-more. The one rewrite of its own is ``CastLike(x, like)`` → ``Cast(x, to=dtype(like))`` where
-shape inference knows that dtype, which makes ``CastLike`` of a constant foldable.
+a zero Conv bias from ``Shape(W)``/``Expand``/``CastLike``, DBB's "BN and pad" layer exports
+(TorchScript) as thousands of Shape/Gather/Range/Where nodes that compute fixed border
+indices, and OREPA-style blocks compute their kernels from parameters (Einsum, Pad, scaled
+sums). This step runs on the ModelProto, before the graph is built for the passes (which
+then see a graph of the size that matters): in topological order, every node whose inputs are
+all constants is evaluated in numpy (:mod:`onnxrep.interpret`), and a ``Shape`` or ``Size``
+of a tensor whose shape onnx shape inference knows is that shape. The values the rest of the
+graph reads become initializers and the nodes that computed them go. Folding exposes shapes
+(a Pad whose pads were computed now has a known output shape), so shape inference and the
+scan repeat while anything folds.
 
 Size rule: a fold must not grow the model. A node whose result is larger than ``SIZE_LIMIT``
 and larger than all it reads (an ``Expand``, ``Tile`` or ``ConstantOfShape`` to a large shape,
 a broadcasting product) stays a run-time op instead of bloating the file, unless its result is
 a layer's weight: everything that computes a Conv, ConvTranspose or Gemm weight or bias, a
-MatMul operand or a normalization's parameters (OREPA-style blocks build their kernels from
-parameters in ``forward``: Einsum, Pad, convolutions of kernels, scaled sums) is folded
-whatever its size, since the model stores that weight anyway and its generating graph goes.
-A result whose size shape inference cannot tell is folded only if its op is no generator.
+MatMul operand or a normalization's parameters is folded whatever its size, since the model
+stores that weight anyway and its generating graph goes.
 
-Left alone as well: subgraphs (If/Loop/Scan bodies) and nodes outside the default domain. It
-runs only where something is foldable.
+Left alone: nodes outside the default domain, nodes with subgraphs (If/Loop/Scan) and what
+they read, graph outputs (they keep their nodes), initializers that are also graph inputs (a
+caller may override them), and nodes the evaluator cannot run (they run at run time).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.logger import G_LOGGER
+from onnx import numpy_helper
 
-from onnxrep.graph import ShapeInfo, is_constant, is_default_domain
-
-if TYPE_CHECKING:
-    from onnxrep.passes import PassState
+from onnxrep import interpret, io
+from onnxrep.graph import ShapeInfo
 
 FAMILY = "constants"
 SIZE_LIMIT = 1 << 22
 MAX_ROUNDS = 4
-GENERATORS = ("Expand", "Tile", "ConstantOfShape", "Range", "Resize", "Upsample", "OneHot")
-"""Ops whose result may be far larger than their inputs."""
 WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
     "BatchNormalization": (1, 2, 3, 4), "LayerNormalization": (1, 2),
     "InstanceNormalization": (1, 2),
 }
 """Inputs of layers that hold weights (when they are constants)."""
+WIDENED = frozenset({
+    "Add", "Sub", "Mul", "Div", "Sum", "Mean", "Neg", "Sqrt", "Reciprocal", "Einsum", "MatMul",
+    "Gemm", "Pad", "Reshape", "Transpose", "Concat", "Unsqueeze", "Squeeze", "Expand", "Tile",
+    "Slice", "Gather", "Identity", "Flatten", "ReduceSum", "ReduceMean", "Split",
+})
+"""Arithmetic and data movement that a weight's generating graph computes in float64 (its
+result is rounded once to the declared dtype, as every fold's is)."""
+RANDOM = frozenset({"RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+                    "Dropout"})
+"""Ops that draw random numbers (Dropout does when training): a new draw at every run."""
+SHAPE_READERS = ("Shape", "Size", "CastLike")
+"""Ops that fold from what shape inference knows of a variable (its shape, its type)."""
 
 
-def _foldable(graph: gs.Graph, shapes: ShapeInfo) -> bool:
-    for node in graph.nodes:
-        if not is_default_domain(node) or node.op == "Constant" or _has_subgraph(node):
+@dataclass
+class Folded:
+    """The result of :func:`prepare`: the model to optimize and what became of it."""
+
+    model: onnx.ModelProto
+    shapes: ShapeInfo
+    light: onnx.ModelProto
+    removed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(model: onnx.ModelProto, light: onnx.ModelProto, shapes: ShapeInfo,
+            in_place: bool) -> Folded:
+    """Fold the constant subgraphs of ``model`` until nothing more folds. ``light`` and
+    ``shapes`` are its light copy and what shape inference knows of it; ``in_place`` lets
+    the model itself be edited (else a copy is, if anything folds)."""
+    out = Folded(model, shapes, light)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    for _ in range(MAX_ROUNDS):
+        step = _Round(out.model, out.shapes, opset)
+        if not step.folded:
+            break
+        if out.model is model and not in_place:
+            out.model = _copy_without_nodes(model)
+            step.write(out.model, fresh=True)
+        else:
+            step.write(out.model, fresh=False)
+        out.removed += len(step.folded)
+        out.light = io.light_copy(out.model)
+        out.shapes = ShapeInfo.infer(out.model, out.light)
+        if not any(n.op_type in SHAPE_READERS for n in step.kept):
+            break  # every node of constants folded in this scan: only shapes add more
+    return out
+
+
+class _Round:
+    """One scan of the graph: which nodes fold, and the values the rest reads."""
+
+    def __init__(self, model: onnx.ModelProto, shapes: ShapeInfo, opset: int) -> None:
+        g = model.graph
+        self.source = g
+        inputs = {v.name for v in g.input} if model.ir_version >= 4 else set()
+        self.initializers = {t.name: t for t in g.initializer if t.name not in inputs}
+        self.values: dict[str, np.ndarray] = {}
+        self.wide: dict[str, np.ndarray] = {}
+        """float64 values of float32/float16 ones that a weight's generating graph computed."""
+        self.folded: list[int] = []
+        outputs = {v.name for v in g.output}
+        makers = _weight_makers(g)
+        nodes = list(g.node)
+        for i, node in enumerate(nodes):
+            if node.domain not in ("", "ai.onnx") or any(o in outputs for o in node.output):
+                continue
+            weight = any(o in makers for o in node.output)
+            if not weight and _huge(node, shapes):
+                continue
+            result = self._widened(node, opset) if weight else None
+            if result is None:
+                result = self._evaluate(node, shapes, opset)
+            if result is None or (not weight and self._grows(node, result)):
+                continue
+            self.values.update((o, v) for o, v in zip(node.output, result, strict=False) if o)
+            self.folded.append(i)
+        dead = _dead(nodes, set(self.folded), outputs)  # what only folded shapes read
+        self.folded = sorted(set(self.folded) | dead)
+        folded = set(self.folded)
+        self.kept = [n for i, n in enumerate(nodes) if i not in folded]
+        self.read = {x for n in self.kept for x in n.input} | outputs | _subgraph_reads(
+            self.kept)
+        self.frontier = {name: v for name, v in self.values.items()
+                         if name in self.read and name not in self.initializers}
+
+    def _constant(self, name: str) -> np.ndarray | None:
+        if name in self.values:
+            return self.values[name]
+        tensor = self.initializers.get(name)
+        if tensor is None:
+            return None
+        value = numpy_helper.to_array(tensor)
+        self.values[name] = value
+        return value
+
+    def _evaluate(self, node: onnx.NodeProto, shapes: ShapeInfo,
+                  opset: int) -> list[np.ndarray] | None:
+        """The node's outputs if they are constants, else None."""
+        if node.op_type in ("Shape", "Size") and node.input and node.input[0] not in (
+            self.values
+        ) and node.input[0] not in self.initializers:
+            shape = shapes.shapes.get(node.input[0])
+            if shape is None or any(d is None for d in shape):
+                return None
+            probe = np.lib.stride_tricks.as_strided(  # its shape, and no memory behind it
+                np.zeros(1, dtype=np.uint8), tuple(int(d) for d in shape), (0,) * len(shape))
+            return interpret.run(node, [probe], opset)
+        if node.op_type == "CastLike" and len(node.input) == 2:
+            value, elem = self._constant(node.input[0]), shapes.dtypes.get(node.input[1])
+            if value is None or not elem:
+                return None
+            like = np.empty(0, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
+            return self._run(node, [value, like], opset)
+        if (not node.input and node.op_type != "Constant") or node.op_type in RANDOM:
+            return None  # a generator or a random draw is no constant
+        values = []
+        for name in node.input:
+            value = self._constant(name) if name else None
+            if name and value is None:
+                return None
+            values.append(value)
+        return self._run(node, values, opset)
+
+    def _widened(self, node: onnx.NodeProto, opset: int) -> list[np.ndarray] | None:
+        """The outputs of a node that computes a float32 or float16 weight, computed in
+        float64 and rounded once (None if it is not such a node or not a constant)."""
+        if node.op_type not in WIDENED:
+            return None
+        declared, wide = [], []
+        for name in node.input:
+            value = self._constant(name) if name else None
+            if name and value is None:
+                return None
+            declared.append(value)
+            wide.append(self.wide.get(name, value))
+        floats = {v.dtype for v in declared if v is not None and v.dtype.kind == "f"}
+        if len(floats) != 1 or not floats <= {np.dtype(np.float32), np.dtype(np.float16)}:
+            return None
+        (dtype,) = floats
+        wide = [v.astype(np.float64) if v is not None and v.dtype.kind == "f" else v
+                for v in wide]
+        result = self._run(node, wide, opset)
+        if result is None:
+            return None
+        out = []
+        for name, value in zip(node.output, result, strict=False):
+            if value.dtype == np.float64:
+                self.wide[name] = value
+                value = value.astype(dtype)
+            out.append(value)
+        return out
+
+    @staticmethod
+    def _run(node: onnx.NodeProto, values: list[np.ndarray | None],
+             opset: int) -> list[np.ndarray] | None:
+        try:
+            with np.errstate(all="ignore"):
+                return interpret.run(node, values, opset)
+        except (interpret.Unevaluable, ValueError, TypeError, IndexError, OverflowError):
+            return None  # left to run time
+
+    def _grows(self, node: onnx.NodeProto, result: list[np.ndarray]) -> bool:
+        """The result exceeds ``SIZE_LIMIT`` and everything the node reads."""
+        made = sum(v.nbytes for v in result)
+        if made <= SIZE_LIMIT:
+            return False
+        read = sum(v.nbytes for v in (self._constant(x) for x in node.input if x)
+                   if v is not None)
+        return made > read
+
+    def write(self, model: onnx.ModelProto, fresh: bool) -> None:
+        """Make ``model`` (the source edited in place, or a fresh copy without nodes and
+        initializers) the folded model."""
+        g = model.graph
+        keep = self.read
+        if fresh:
+            g.node.extend(self.kept)
+            g.initializer.extend(t for t in self.source.initializer if t.name in keep)
+        else:
+            for i in reversed(self.folded):
+                del g.node[i]
+            for i in reversed(range(len(g.initializer))):
+                if g.initializer[i].name not in keep:
+                    del g.initializer[i]
+        inputs = {v.name for v in g.input}
+        for name, value in self.frontier.items():
+            g.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        if model.ir_version < 4:  # every initializer is also a graph input there
+            present = {t.name for t in g.initializer}
+            stale = [i for i, v in enumerate(g.input)
+                     if v.name not in present and v.name in self.initializers]
+            for i in reversed(stale):
+                del g.input[i]
+            for name, value in self.frontier.items():
+                if name not in inputs:
+                    g.input.append(onnx.helper.make_tensor_value_info(
+                        name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype),
+                        np.shape(value)))
+        live = {o for n in self.kept for o in n.output} | inputs
+        kept_info = [v for v in g.value_info if v.name in live]
+        del g.value_info[:]
+        g.value_info.extend(kept_info)
+
+
+def _dead(nodes: list[onnx.NodeProto], folded: set[int], outputs: set[str]) -> set[int]:
+    """Indices of the nodes no kept node, graph output or subgraph reads any more (a Slice
+    whose output only a folded Shape read): ONNX ops have no side effects, so they go."""
+    readers: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        if i not in folded:
+            for x in n.input:
+                readers[x] = readers.get(x, 0) + 1
+    pinned = outputs | _subgraph_reads([n for i, n in enumerate(nodes) if i not in folded])
+    dead: set[int] = set()
+    for i in reversed(range(len(nodes))):
+        n = nodes[i]
+        if i in folded or n.domain not in ("", "ai.onnx"):
             continue
-        if node.op in ("Shape", "Size") and node.inputs:
-            shape = shapes.shapes.get(node.inputs[0].name)
-            if shape is not None and all(d is not None for d in shape):
-                return True
-        elif (node.op == "CastLike" and shapes.dtypes.get(node.inputs[1].name)) or (
-            node.inputs and all(is_constant(t) or not t.name for t in node.inputs)
-        ):
-            return True
-    return False
+        if any(readers.get(o, 0) or o in pinned for o in n.output if o):
+            continue
+        dead.add(i)
+        for x in n.input:
+            readers[x] -= 1
+    return dead
 
 
-def _foldable_left(graph: gs.Graph, exclude: Callable[[gs.Node], bool]) -> int:
-    """Nodes that read only constants (what a complete fold leaves none of)."""
-    return sum(
-        1 for n in graph.nodes
-        if not exclude(n) and n.inputs and n.outputs
-        and all(is_constant(t) or not t.name for t in n.inputs)
-        and any(t.outputs for t in n.outputs)
-    )
+def _copy_without_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without its nodes and initializers (the folded round fills them in)."""
+    out = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            io.copy_field(out, descriptor.name, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name not in ("node", "initializer"):
+            io.copy_field(out.graph, descriptor.name, value)
+    return out
 
 
-def _weight_makers(graph: gs.Graph) -> set[str]:
-    """The tensors computed on the way to a layer's weight slot (by name: gs asks about the
-    nodes of a copy of the graph)."""
+def _weight_makers(g: onnx.GraphProto) -> set[str]:
+    """The tensors computed on the way to a layer's weight slot."""
+    producer = {o: n for n in g.node for o in n.output if o}
+    stack = [n.input[i] for n in g.node for i in WEIGHT_SLOTS.get(n.op_type, ())
+             if i < len(n.input) and n.input[i]]
     makers: set[str] = set()
-    stack = [node.inputs[i] for node in graph.nodes for i in WEIGHT_SLOTS.get(node.op, ())
-             if i < len(node.inputs)]
     while stack:
-        t = stack.pop()
-        if t.name in makers or not t.inputs:
+        name = stack.pop()
+        if name in makers or name not in producer:
             continue
-        makers.add(t.name)
-        stack.extend(t.inputs[0].inputs)
+        makers.add(name)
+        stack.extend(x for x in producer[name].input if x)
     return makers
 
 
-def _grows(node: gs.Node, shapes: ShapeInfo) -> bool:
-    """``node``'s result exceeds ``SIZE_LIMIT`` and all it reads (or might: a generator of a
-    size shape inference does not know)."""
-    produced = _bytes((t.name for t in node.outputs), shapes)
-    if produced is None:
-        return node.op in GENERATORS
-    read = _bytes((t.name for t in node.inputs if t.name), shapes)
-    return produced > SIZE_LIMIT and (read is None or produced > read)
+def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
+    """Names the subgraphs of ``nodes`` read (they must stay computable)."""
+    names: set[str] = set()
+    for n in nodes:
+        for a in n.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                names.update(x for s in sub.node for x in s.input)
+                names.update(_subgraph_reads(list(sub.node)))
+    return names
 
 
-def _bytes(names: Iterable[str], shapes: ShapeInfo) -> int | None:
+def _huge(node: onnx.NodeProto, shapes: ShapeInfo) -> bool:
+    """Shape inference says the node's result is far over the size limit (not even worth
+    computing to look at)."""
     total = 0
-    for name in names:
+    for name in node.output:
         shape, elem = shapes.shapes.get(name), shapes.dtypes.get(name)
         if shape is None or elem is None or any(d is None for d in shape):
-            return None
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
-        total += math.prod(shape) * itemsize
-    return total
-
-
-def _has_subgraph(node: gs.Node) -> bool:
-    return any(isinstance(v, (gs.Graph, list)) and (
-        isinstance(v, gs.Graph) or any(isinstance(x, gs.Graph) for x in v)
-    ) for v in node.attrs.values())
-
-
-def _annotate(graph: gs.Graph, shapes: ShapeInfo) -> None:
-    """Give gs the inferred shapes and dtypes (its shape folding reads them)."""
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable):
-            shape = shapes.shapes.get(t.name)
-            if shape is not None:  # the newest inference knows at least as much
-                t.shape = [d if d is not None else f"unk_{i}" for i, d in enumerate(shape)]
-            if t.dtype is None and t.name in shapes.dtypes:
-                t.dtype = onnx.helper.tensor_dtype_to_np_dtype(shapes.dtypes[t.name])
-
-
-def _castlike_to_cast(graph: gs.Graph, shapes: ShapeInfo) -> None:
-    for node in graph.nodes:
-        if node.op == "CastLike" and is_default_domain(node) and len(node.inputs) == 2:
-            to = shapes.dtypes.get(node.inputs[1].name)
-            if to:
-                like = node.inputs[1]
-                node.op = "Cast"
-                node.attrs = {"to": int(to)}
-                node.inputs.remove(like)
-
-
-def prepare(graph: gs.Graph, state: PassState) -> int:
-    """The prepare step of the family: fold until nothing more folds (each round can expose
-    shapes the next folds with); returns the number of nodes removed."""
-    removed = 0
-    for _ in range(MAX_ROUNDS):
-        count = fold(graph, state.shapes)
-        if not count:
-            break
-        removed += count
-        if state.skeleton is not None:
-            state.shapes = ShapeInfo.infer(state.skeleton(graph))  # folding exposes shapes
-    return removed
-
-
-def fold(graph: gs.Graph, shapes: ShapeInfo) -> int:
-    """Fold constant subgraphs of ``graph`` in place; returns the number of nodes removed."""
-    if not _foldable(graph, shapes):
-        return 0
-    before = len(graph.nodes)
-    _annotate(graph, shapes)
-    _castlike_to_cast(graph, shapes)
-    from onnxrep.verify import quiet_runtime_logs  # gs evaluates constants in onnxruntime
-
-    quiet_runtime_logs()
-    makers = _weight_makers(graph)
-
-    def exclude(node: gs.Node) -> bool:
-        if not is_default_domain(node) or _has_subgraph(node):
-            return True
-        made = any(t.name in makers for t in node.outputs)
-        return not made and _grows(node, shapes)
-
-    level = G_LOGGER.severity
-    G_LOGGER.severity = G_LOGGER.CRITICAL + 10  # gs reports fold failures itself; stay quiet
-    try:
-        # one evaluation of every constant subgraph; only if that fails (an op onnxruntime
-        # cannot run), the slower partitioned mode folds what it can around the failure
-        for partitioning in (None, "basic"):
-            graph.fold_constants(
-                fold_shapes=True, recurse_subgraphs=False, flatten_subgraphs=False,
-                recurse_functions=False, partitioning=partitioning, error_ok=True,
-                size_threshold=None, should_exclude_node=exclude,
-            )
-            if _foldable_left(graph, exclude) == 0:
-                break
-    finally:
-        G_LOGGER.severity = level
-    graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=False,
-                  recurse_functions=False)
-    return before - len(graph.nodes)
+            return False
+        total += math.prod(shape) * onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+    return total > 16 * SIZE_LIMIT

@@ -4,9 +4,14 @@ would only grow the model do not."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper, numpy_helper
 
-from tests.builders import GraphBuilder
+from onnxrep import io
+from onnxrep.graph import ShapeInfo
+from onnxrep.passes import constants
+from tests.builders import GraphBuilder, op_counts
 from tests.helpers import optimized
 
 BIG = 384
@@ -63,3 +68,51 @@ def test_a_small_expand_still_folds() -> None:
     x = b.input([1, 8, 4, 4])
     scale = b.node("Expand", [b.init(np.array([2.0])), b.init(np.array([1, 8, 1, 1]))])
     optimized(b.model([b.node("Mul", [b.conv(x, 8, 8, 3), scale])]), {"Conv": 1})
+
+
+def _prepared(model: onnx.ModelProto) -> onnx.ModelProto:
+    shapes = ShapeInfo.infer(model, io.light_copy(model))
+    return constants.prepare(model, io.light_copy(model), shapes, in_place=False).model
+
+
+def test_a_generated_weight_is_computed_in_float64_and_rounded_once() -> None:
+    b = GraphBuilder(seed=24)
+    x = b.input([1, 16, 6, 6])
+    a, c, d, e = (b.rng.standard_normal((16, 16, 3, 3)).astype(np.float32) for _ in range(4))
+    weight = b.node("Add", [b.node("Mul", [b.init(a), b.init(c)]),
+                            b.node("Mul", [b.init(d), b.init(e)])])
+    model = b.model([b.node("Conv", [x, weight], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+
+    (folded,) = [numpy_helper.to_array(t) for t in _prepared(model).graph.initializer]
+    f64 = [v.astype(np.float64) for v in (a, c, d, e)]
+    wide = (f64[0] * f64[1] + f64[2] * f64[3]).astype(np.float32)
+    assert folded.dtype == np.float32
+    np.testing.assert_array_equal(folded, wide)
+    assert not np.array_equal(a * c + d * e, wide)  # rounded thrice, it differs somewhere
+
+
+def test_shapes_fold_where_inference_knows_them_and_only_there() -> None:
+    b = GraphBuilder(seed=25)
+    fixed, free = b.input([1, 4, 5, 5]), b.input(["n", 4, 5, 5])
+    outs = [b.node("Reshape", [x, b.node("Shape", [x])]) for x in (fixed, free)]
+    model = _prepared(b.model(outs))
+    assert op_counts(model) == {"Reshape": 2, "Shape": 1}
+    assert [n.input[0] for n in model.graph.node if n.op_type == "Shape"] == [free]
+
+
+def test_random_draws_graph_outputs_and_subgraph_reads_stay() -> None:
+    b = GraphBuilder(seed=26)
+    x = b.input([1, 4])
+    noise = b.node("RandomUniformLike", [b.init(np.zeros((1, 4)))])
+    shown = b.node("Mul", [b.init(np.ones((1, 4))), b.init(np.full((1, 4), 2.0))])
+    read = b.node("Add", [b.init(np.ones((1, 4))), b.init(np.ones((1, 4)))])
+    branch = helper.make_graph(
+        [helper.make_node("Mul", [x, read], ["inside"])], "branch", [],
+        [helper.make_tensor_value_info("inside", onnx.TensorProto.FLOAT, [1, 4])])
+    cond = b.init(np.array(True), cast=False)
+    chosen = b.node("If", [cond], then_branch=branch, else_branch=branch)
+    model = _prepared(b.model([b.node("Add", [x, noise]), shown, chosen]))
+    counts = op_counts(model)
+    assert counts["RandomUniformLike"] == 1 and counts["Mul"] == 1 and counts["If"] == 1
+    assert "Add" in counts and read in {t.name for t in model.graph.initializer}
+    onnx.checker.check_model(model, full_check=True)
