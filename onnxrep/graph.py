@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -26,14 +27,19 @@ __all__ = [
     "attributes",
     "canonicalize",
     "constant",
+    "fold_refusal",
     "is_constant",
     "is_default_domain",
+    "is_float",
+    "numpy_dtypes",
     "release_overridable",
     "replace_uses",
     "shared_reason",
     "splice",
     "subgraph_references",
 ]
+
+FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 
 
@@ -58,6 +64,39 @@ def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     if isinstance(raw, LazyValues):  # read-only, one copy of the bytes (gs's load makes two)
         return numpy_helper.to_array(raw.tensor)
     return raw
+
+
+def is_float(dtype: object) -> bool:
+    """float16, float32, float64 and bfloat16: the types a fold computes in float64 and rounds
+    to once (numpy has no bfloat16; ml_dtypes gives it one)."""
+    return np.dtype(dtype) in FLOATS  # type: ignore[call-overload]
+
+
+def fold_refusal(what: str, dtype: object) -> Refused:
+    """Why ``what`` of ``dtype`` (not :func:`is_float`) is not folded, naming the dtype."""
+    d = np.dtype(dtype)  # type: ignore[call-overload]
+    if d.name.startswith("float") and d.itemsize == 1:  # ml_dtypes' float8 and float4 types
+        return Refused(f"{what} is {d.name}: weights in floats of 8 bits or fewer are not "
+                       f"folded (a fold rounded to them is rarely exact)")
+    return Refused(f"{what} is {d.name}, not a float")
+
+
+def numpy_dtypes(graph: gs.Graph) -> None:
+    """Give every tensor of ``graph`` a numpy dtype: onnx-graphsurgeon keeps ONNX's type number
+    for the types numpy lacks (bfloat16, the float8 types), which ml_dtypes provides."""
+    for t in graph.tensors().values():
+        elem = t.dtype
+        if not isinstance(elem, int) or isinstance(elem, bool):
+            continue
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        except (KeyError, TypeError, ValueError):
+            continue  # strings, types this onnx does not know: no rule reads them
+        if isinstance(t, gs.Constant):
+            if isinstance(t._values, LazyValues):
+                t._values.dtype = dtype
+        else:
+            t.dtype = dtype
 
 
 def attributes(node: gs.Node, known: dict[str, object]) -> dict[str, object]:

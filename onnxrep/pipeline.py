@@ -34,6 +34,8 @@ from onnxrep.graph import (
     ShapeInfo,
     canonicalize,
     constant,
+    is_float,
+    numpy_dtypes,
     release_overridable,
     subgraph_references,
 )
@@ -167,6 +169,7 @@ def _passes(
     """Import ``original``, canonicalize, fold constants, then run the passes to a fixpoint.
     Nodes whose output is in ``protected`` (and every runtime idiom) are left alone."""
     graph = gs.import_onnx(original)
+    numpy_dtypes(graph)
     release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
@@ -393,7 +396,7 @@ def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> No
     t.name = name
     t.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
     t.dims.extend(values.shape)
-    if values.dtype.kind in "fiub" and values.dtype.byteorder in "=<|":
+    if (values.dtype.kind in "fiub" or is_float(values.dtype)) and values.dtype.byteorder in "=<|":
         t.raw_data = np.ascontiguousarray(values).tobytes()
     else:  # strings, big-endian data: let onnx encode them
         t.CopyFrom(numpy_helper.from_array(values, name))

@@ -17,12 +17,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxrep
+from onnxrep.cli import main
 from tests.builders import GraphBuilder, op_counts
 from tests.helpers import assert_equivalent, optimized
 
@@ -429,6 +431,55 @@ def test_float16_and_float64_models_keep_their_dtype(dtype: str) -> None:
               (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)]
     assert floats and all(t.data_type == elem for t in floats)
     assert set(r.applied_by_pattern()) >= {"branches", "concat"}
+
+
+def test_an_all_bfloat16_model_is_folded_in_float64_and_rounded_once(tmp_path: Path) -> None:
+    """Conv accepts bfloat16 from opset 22; onnxruntime's CPU provider has no bfloat16 Conv, so
+    parity runs in onnx's reference evaluator. Every new weight is bfloat16 again."""
+    g = GraphBuilder(dtype=ml_dtypes.bfloat16, seed=12, opset=22)
+    model = g.model([_zoo(g, g.input([1, 4, 9, 9], name="x"), 4)])
+    onnx.checker.check_model(model, full_check=True)
+    r = optimized(model, ZOO_OPS, dtype="bfloat16")
+    assert {t.data_type for t in r.model.graph.initializer} == {TensorProto.BFLOAT16}
+    assert set(r.applied_by_pattern()) >= {"branches", "concat"}
+    src, out = tmp_path / "bf16.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify", "-q"]) == 0
+    assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
+
+
+def test_float8_weights_are_left_as_they_are() -> None:
+    """float8 weights (read through DequantizeLinear) are not folded: rounded to 8 bits, a fold
+    is rarely exact. The Q/DQ graph keeps its structure and its float8 tensors byte for byte."""
+    rng = np.random.default_rng(0)
+    f8 = ml_dtypes.float8_e4m3fn
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(f8), "w8"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.zeros((), f8), "zp")]
+    inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), f"bn{i}")
+              for i in range(4)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w8", "s", "zp"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "bn0", "bn1", "bn2", "bn3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    r = optimized(model, {"QuantizeLinear": 1, "DequantizeLinear": 2, "Conv": 1,
+                          "BatchNormalization": 1})
+    assert _inits(r.model)["w8"] == _inits(model)["w8"]
+    assert not r.applied
+
+
+def test_float8_constants_are_refused_naming_the_dtype() -> None:
+    from onnxrep.graph import fold_refusal, is_float
+
+    assert is_float(ml_dtypes.bfloat16) and is_float(np.float16)
+    assert not is_float(ml_dtypes.float8_e5m2)
+    reason = str(fold_refusal("the weight of Conv 'c'", ml_dtypes.float8_e5m2))
+    assert "float8_e5m2" in reason and "8 bits" in reason
 
 
 @pytest.mark.parametrize("opset", range(11, onnx.defs.onnx_opset_version() + 1))
