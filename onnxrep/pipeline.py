@@ -320,6 +320,7 @@ def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) 
     out = source if in_place else _shell(source)
     g, src = out.graph, source.graph
 
+    initializers = {t.name for t in src.initializer}
     originals = {tuple(n.output): n for n in src.node}
     nodes = []
     for node in graph.nodes:
@@ -356,8 +357,15 @@ def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) 
             _append_initializer(g, name, constant(tensor))
             tensor.values = np.zeros(0, np.dtype(tensor.dtype))  # the graph is done: free it
 
-    inputs = {t.name for t in graph.inputs} | (set() if out.ir_version >= 4 else present)
+    inputs = {t.name for t in graph.inputs}
+    if out.ir_version < 4:  # IR 3: every initializer is a graph input, and only those stay
+        present = {t.name for t in g.initializer}
+        inputs = {n for n in inputs if n in present or n not in initializers} | present
     kept_inputs = [v for v in src.input if v.name in inputs]
+    if out.ir_version < 4:
+        listed = {v.name for v in kept_inputs}
+        kept_inputs += [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                        for t in g.initializer if t.name not in listed]
     live = {name for n in g.node for name in n.output}
     kept_info = [v for v in src.value_info if v.name in live]
     if in_place:

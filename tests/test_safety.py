@@ -482,6 +482,49 @@ def test_float8_constants_are_refused_naming_the_dtype() -> None:
     assert "float8_e5m2" in reason and "8 bits" in reason
 
 
+def _ir3_model() -> onnx.ModelProto:
+    """An opset 7 export (IR 3): every initializer is also listed as a graph input; a
+    BatchNormalization with the ``spatial=1`` attribute opset 7 still has."""
+    rng = np.random.default_rng(16)
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")]
+    inits += [numpy_helper.from_array(p.astype(np.float32), name) for p, name in (
+        (rng.uniform(0.5, 1.5, 4), "gamma"), (rng.standard_normal(4), "beta"),
+        (rng.standard_normal(4), "mean"), (rng.uniform(0.5, 1.5, 4), "var"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"],
+                         name="bn", epsilon=1e-3, spatial=1),
+        helper.make_node("Relu", ["bn"], ["y"], name="relu"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", f, [1, 4, 8, 8])] + [
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "ir3", inputs, [helper.make_tensor_value_info(
+        "y", f, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    return model
+
+
+def test_an_ir3_opset7_model_lists_every_new_initializer_as_an_input() -> None:
+    model = _ir3_model()
+    onnx.checker.check_model(model, full_check=True)
+    r = optimized(model, {"Conv": 1, "Relu": 1})
+    assert r.applied_by_pattern() == {"conv-bn": 1}
+    assert (r.model.ir_version, r.model.opset_import) == (3, model.opset_import)
+    g = r.model.graph
+    inits = [t.name for t in g.initializer]
+    assert [v.name for v in g.input] == ["x", *inits]  # no input left for a folded-away weight
+    for v, t in zip(g.input[1:], g.initializer, strict=True):
+        assert v.type.tensor_type.elem_type == t.data_type
+        assert [d.dim_value for d in v.type.tensor_type.shape.dim] == list(t.dims)
+    again = onnxrep.optimize(r.model)
+    assert again.model.SerializeToString() == r.model.SerializeToString()
+    in_place = onnxrep.optimize(_ir3_model(), in_place=True)  # edits the input's own lists
+    assert in_place.model.SerializeToString() == r.model.SerializeToString()
+
+
 @pytest.mark.parametrize("opset", range(11, onnx.defs.onnx_opset_version() + 1))
 def test_every_opset_from_11_to_the_newest(opset: int) -> None:
     g = GraphBuilder(opset=opset, seed=opset)
