@@ -33,6 +33,7 @@ __all__ = [
     "is_float",
     "numpy_dtypes",
     "release_overridable",
+    "release_sparse",
     "replace_uses",
     "shared_reason",
     "splice",
@@ -171,7 +172,7 @@ class Names:
 def _all_names(g: onnx.GraphProto) -> set[str]:
     names = {t.name for t in g.initializer} | {v.name for v in g.input} | {
         v.name for v in g.output
-    } | {v.name for v in g.value_info}
+    } | {v.name for v in g.value_info} | {s.values.name for s in g.sparse_initializer}
     for node in g.node:
         names.add(node.name)
         names.update(node.input)
@@ -205,6 +206,9 @@ class ShapeInfo:
         for t in model.graph.initializer:
             info.shapes[t.name] = tuple(t.dims)
             info.dtypes[t.name] = t.data_type
+        for s in model.graph.sparse_initializer:
+            info.shapes[s.values.name] = tuple(s.dims)
+            info.dtypes[s.values.name] = s.values.data_type
         return info
 
     def _add(self, vi: onnx.ValueInfoProto) -> None:
@@ -284,6 +288,17 @@ def release_overridable(graph: gs.Graph, model: onnx.ModelProto) -> set[str]:
             by_name[name] = var
     graph.inputs = [by_name[n] for n in order if n in by_name]
     return names
+
+
+def release_sparse(graph: gs.Graph) -> None:
+    """Sparse initializers pass through untouched: onnx-graphsurgeon imports them as constants,
+    make them variables so no rule reads them (the exporter keeps the model's
+    ``sparse_initializer`` list as it was)."""
+    for t in list(graph.tensors().values()):
+        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) and isinstance(
+            t._values.tensor, onnx.SparseTensorProto
+        ):
+            replace_uses(t, gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape)))
 
 
 def splice(

@@ -37,6 +37,7 @@ from onnxrep.graph import (
     is_float,
     numpy_dtypes,
     release_overridable,
+    release_sparse,
     subgraph_references,
 )
 from onnxrep.passes import PASSES, PREPARE, PassState
@@ -170,6 +171,7 @@ def _passes(
     Nodes whose output is in ``protected`` (and every runtime idiom) are left alone."""
     graph = gs.import_onnx(original)
     numpy_dtypes(graph)
+    release_sparse(graph)
     release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))

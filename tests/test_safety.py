@@ -271,6 +271,41 @@ def test_custom_domain_lookalikes_and_unknown_ops_pass_through() -> None:
     assert not r.applied
 
 
+def test_a_sparse_initializer_passes_through_untouched(tmp_path: Path) -> None:
+    """A sparse initializer (read here as the weight of a Conv and as a per-channel shift) is not
+    a constant to any rule: the folds around it happen, it stays byte for byte. onnx's full
+    check cannot type a sparse tensor read by an op, so the plain checker and onnxruntime (which
+    densifies it on load) judge the result."""
+    g = GraphBuilder(seed=17)
+    x = g.input([1, 4, 6, 6], name="x")
+    y = g.bn(g.conv(x, 4, 4, 3), 4)
+    model = g.model([])
+    shift = helper.make_sparse_tensor(numpy_helper.from_array(np.array([1.5, -2.0], np.float32),
+                                                              "shift"),
+                                      numpy_helper.from_array(np.array([0, 3], np.int64)),
+                                      [1, 4, 1, 1])
+    weight = helper.make_sparse_tensor(numpy_helper.from_array(np.array([0.5, 2.0], np.float32),
+                                                               "sparse_w"),
+                                       numpy_helper.from_array(np.array([0, 5], np.int64)),
+                                       [4, 4, 1, 1])
+    model.graph.sparse_initializer.extend([shift, weight])
+    model.graph.node.extend([helper.make_node("Add", [y, "shift"], ["z"], name="add"),
+                             helper.make_node("Conv", ["z", "sparse_w"], ["out"], name="conv")])
+    model.graph.output.append(helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                            [1, 4, 6, 6]))
+    onnx.checker.check_model(model)
+    r = onnxrep.optimize(model)
+    onnx.checker.check_model(r.model)
+    assert r.applied_by_pattern() == {"conv-bn": 1}
+    assert list(r.model.graph.sparse_initializer) == list(model.graph.sparse_initializer)
+    assert op_counts(r.model) == {"Conv": 2, "Add": 1}
+    assert_equivalent(model, r.model)
+    src, out = tmp_path / "sparse.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify", "-q"]) == 0
+    assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
+
+
 # --------------------------------------------------------------------------------------------
 # control flow
 
