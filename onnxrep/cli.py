@@ -225,6 +225,7 @@ def _optimize(args: argparse.Namespace) -> int:
         if alone:
             del model
     report = Report(str(src), str(dst), result)
+    report.warnings += result.warnings
     if deploy is not None:
         report.deploy_form, report.deploy_stats = args.deploy_form, ModelStats.of(deploy)
     code = EXIT_OK
@@ -332,6 +333,7 @@ def _check(args: argparse.Namespace) -> int:
     with ui.step("optimizing"):
         result = optimize(model, skip=args.skip, audit=not args.no_audit)
     report = Report(str(args.input), None, result)
+    report.warnings += result.warnings
     report.parity = parity = _verify(ui, args, model, result.model)
     if not parity.ok:
         bad = [o.name for o in parity.outputs if not o.ok]

@@ -35,12 +35,14 @@ from onnxrep.errors import OnnxrepError, one_line
 
 __all__ = [
     "MIN_OPSET",
+    "checker_subject",
     "copy_field",
     "fits",
     "light_copy",
     "light_keeps",
     "load",
     "mode_for",
+    "output_types",
     "save",
     "serialize_chunks",
     "serialized_size",
@@ -86,12 +88,92 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
     except Exception as e:  # onnx raises ValidationError for locations outside the folder
         raise OnnxrepError(f"{p}: cannot read its external data ({one_line(e)})") from None
     if check:
-        try:  # a large model is checked without its weight bytes (no serialized copy of them)
-            onnx.checker.check_model(model if serialized_size(model) < CHECK_IN_FULL
-                                     else light_copy(model))
+        subject = checker_subject(model, str(p))
+        try:
+            onnx.checker.check_model(subject)
         except Exception as e:
             raise OnnxrepError(f"{p}: fails onnx.checker: {one_line(e)}") from None
     return model
+
+
+def checker_subject(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
+    """What onnx.checker is given for ``model``: the model, or a ``light_copy`` (no weight
+    bytes, so no second serialized copy of them) when it is large or when graph outputs lack a
+    type or shape. In that copy they are completed as :func:`output_types` completes them;
+    those whose rank no inference can tell are left out (onnxruntime runs them)."""
+    types = output_types(model, where)
+    if not types:
+        return model if serialized_size(model) < CHECK_IN_FULL else light_copy(model)
+    subject = light_copy(model)
+    completed = [v for v in (_typed(v, types) for v in subject.graph.output) if v is not None]
+    del subject.graph.output[:]
+    subject.graph.output.extend(completed)
+    return subject
+
+
+def output_types(model: onnx.ModelProto, where: str = "model") -> dict[str, onnx.TypeProto]:
+    """The types graph outputs without a type or a shape get from shape inference, by name.
+
+    onnxruntime runs such outputs (hand-built and onnx-graphsurgeon-written graphs have them);
+    the checker does not. An output whose rank inference cannot tell gets its element type
+    alone (no shape: it keeps failing the checker, as in the input). An output whose element
+    type inference cannot tell, or that no node, input or initializer defines, is refused.
+    """
+    incomplete = [v for v in model.graph.output if not _complete(v)]
+    if not incomplete:
+        return {}
+    defined = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
+    defined |= {o for n in model.graph.node for o in n.output}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light_copy(model), data_prop=True).graph
+        known = {v.name: v.type for v in (*inferred.input, *inferred.value_info, *inferred.output)
+                 if v.type.tensor_type.elem_type}
+    except Exception:  # inference is best effort here: what it cannot tell is refused below
+        known = {}
+    for t in model.graph.initializer:
+        known.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, t.dims))
+    types = {}
+    for v in incomplete:
+        if v.name not in defined:
+            raise OnnxrepError(f"{where}: graph output {v.name!r} is not computed by any node, "
+                               "input or initializer; remove it or add what computes it")
+        given = v.type.tensor_type
+        found = known.get(v.name)
+        elem = given.elem_type or (found.tensor_type.elem_type if found is not None else 0)
+        if not elem:
+            raise OnnxrepError(
+                f"{where}: graph output {v.name!r} has no type and shape inference cannot tell "
+                "it; declare its element type and shape (onnx.helper.make_tensor_value_info)")
+        out = onnx.TypeProto()
+        out.tensor_type.elem_type = elem
+        if given.HasField("shape"):
+            out.tensor_type.shape.CopyFrom(given.shape)
+        elif found is not None and found.tensor_type.HasField("shape"):
+            out.tensor_type.shape.CopyFrom(found.tensor_type.shape)
+        types[v.name] = out
+    return types
+
+
+def _complete(v: onnx.ValueInfoProto) -> bool:
+    """A graph output the checker accepts as declared: a tensor type with an element type and a
+    shape, or a type other than a tensor."""
+    if not v.HasField("type"):
+        return False
+    if v.type.WhichOneof("value") != "tensor_type":
+        return v.type.WhichOneof("value") is not None
+    return bool(v.type.tensor_type.elem_type) and v.type.tensor_type.HasField("shape")
+
+
+def _typed(v: onnx.ValueInfoProto, types: dict[str, onnx.TypeProto]) -> onnx.ValueInfoProto | None:
+    """``v`` with the type ``types`` give it (``None`` when that type still has no shape)."""
+    if v.name not in types:
+        return v
+    if not types[v.name].tensor_type.HasField("shape"):
+        return None
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(v)
+    out.type.CopyFrom(types[v.name])
+    return out
 
 
 def _parse(p: Path, size: int) -> onnx.ModelProto:

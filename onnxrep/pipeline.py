@@ -112,6 +112,7 @@ def _optimize(
     if unknown:
         raise OnnxrepError(f"unknown pattern(s) {unknown}; choose from {sorted(NAMES)}")
     io.validate(original)
+    completed = io.output_types(original)
 
     before = ModelStats.of(original)
     light = io.light_copy(original)
@@ -122,6 +123,7 @@ def _optimize(
         if checker is None or not checker.withdraw(run, protected):
             break
 
+    reference = None if owned else original
     if not run.applied and not run.removed and not run.folded:
         if owned:
             result_model = original
@@ -129,9 +131,10 @@ def _optimize(
             result_model = onnx.ModelProto()
             result_model.CopyFrom(original)
     else:
-        reference = None if owned else original
         result_model = export(run.graph, original, in_place=owned)
         del run.graph
+    warnings = _complete_outputs(result_model, completed)
+    if run.applied or run.removed or run.folded or completed:
         _check(result_model, reference)
     return OptimizeResult(
         model=result_model,
@@ -146,7 +149,31 @@ def _optimize(
             *([f"folded {run.folded} constant node(s)"] if run.folded else []),
         ],
         audit=checker.result if checker is not None else None,
+        warnings=warnings,
     )
+
+
+def _complete_outputs(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> list[str]:
+    """Give the graph outputs named in ``types`` (see ``io.output_types``) those types; one
+    warning per output, naming it."""
+    warnings = []
+    for v in model.graph.output:
+        if v.name not in types:
+            continue
+        missing = "type" if not v.type.tensor_type.elem_type else "shape"
+        v.type.CopyFrom(types[v.name])
+        tt = v.type.tensor_type
+        elem = onnx.helper.tensor_dtype_to_string(tt.elem_type).removeprefix("TensorProto.")
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                    for d in tt.shape.dim]
+            warnings.append(f"graph output {v.name!r} had no {missing}; written with the one "
+                            f"shape inference gives: {elem} {dims}")
+        else:
+            warnings.append(f"graph output {v.name!r} has no shape and shape inference cannot "
+                            f"tell its rank: written as {elem} without one (onnxruntime runs it; "
+                            "onnx.checker rejects it, as it rejects the input)")
+    return warnings
 
 
 @dataclass
@@ -440,13 +467,13 @@ def _check(model: onnx.ModelProto, original: onnx.ModelProto | None) -> None:
     Large models are checked as their skeleton (structure, types, attributes; not the weight
     bytes, which numpy wrote), so the check never holds a second serialized copy.
     """
-    subject = model if io.serialized_size(model) < io.CHECK_IN_FULL else io.light_copy(model)
+    subject = io.checker_subject(model)
     try:
         onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as e:
         if original is not None:
             try:
-                onnx.checker.check_model(original)
+                onnx.checker.check_model(io.checker_subject(original))
             except onnx.checker.ValidationError:
                 return  # the input already failed the checker the same way
         raise OnnxrepError(

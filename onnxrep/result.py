@@ -87,6 +87,8 @@ class OptimizeResult:
     notes: list[str] = field(default_factory=list)
     audit: AuditResult | None = None
     """The fusion audit's findings (``None`` when it was not run)."""
+    warnings: list[str] = field(default_factory=list)
+    """What the user should know about the model written (each names the tensor)."""
 
     @property
     def changed(self) -> bool:
@@ -106,4 +108,5 @@ class OptimizeResult:
             "rounds": self.rounds,
             "notes": list(self.notes),
             "audit": self.audit.to_dict() if self.audit is not None else None,
+            "warnings": list(self.warnings),
         }

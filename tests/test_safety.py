@@ -20,6 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -122,6 +123,89 @@ def test_an_overridable_initializer_is_not_a_constant() -> None:
     r = onnxrep.optimize(model)
     assert [i.name for i in r.model.graph.input] == ["x", "w"]
     assert op_counts(r.model) == {"Conv": 1, "BatchNormalization": 1}
+
+
+def _without(what: str) -> onnx.ModelProto:
+    """Conv → BN → Relu whose graph output has no shape, or no type at all (as hand-built and
+    onnx-graphsurgeon-written graphs have them: onnxruntime runs these)."""
+    g = GraphBuilder(seed=18)
+    x = g.input(["N", 4, 6, 6], name="x")
+    model = g.model([g.node("Relu", [g.bn(g.conv(x, 4, 4, 3), 4)])])
+    out = model.graph.output[0]
+    if what == "shape":
+        out.type.tensor_type.ClearField("shape")
+    else:
+        out.ClearField("type")
+    return model
+
+
+@pytest.mark.parametrize("what", ["shape", "type"])
+def test_an_output_without_shape_or_type_gets_the_inferred_one(what: str, tmp_path: Path,
+                                                              capsys) -> None:
+    model = _without(what)
+    name = model.graph.output[0].name
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    onnxruntime.InferenceSession(model.SerializeToString())  # which runs it
+    r = onnxrep.optimize(model)
+    onnx.checker.check_model(r.model, full_check=True)
+    assert op_counts(r.model) == {"Conv": 1, "Relu": 1}
+    declared = r.model.graph.output[0].type.tensor_type
+    assert declared.elem_type == TensorProto.FLOAT
+    assert [d.dim_value or d.dim_param for d in declared.shape.dim] == ["N", 4, 6, 6]
+    assert len(r.warnings) == 1 and repr(name) in r.warnings[0]
+    assert_equivalent(model, r.model)
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify"]) == 0
+    err = capsys.readouterr().err
+    assert f"onnxrep: warning: graph output {name!r} had no" in err
+    assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
+    nothing = onnxrep.optimize(model, skip=["conv-bn"])  # no fold: the outputs are still typed
+    onnx.checker.check_model(nothing.model, full_check=True)
+
+
+def test_an_output_of_unknown_rank_is_kept_without_a_shape(tmp_path: Path, capsys) -> None:
+    """Reshape to a shape given at run time: no inference can tell the rank, onnxruntime runs
+    it. The output keeps no shape (with a warning naming it) and the folds still happen."""
+    g = GraphBuilder(seed=20)
+    x = g.input([1, 4, 6, 6], name="x")
+    shape = g.input([None], name="s", elem=TensorProto.INT64)
+    model = g.model([])
+    y = g.bn(g.conv(x, 4, 4, 3), 4)
+    model.graph.node.extend(g.nodes[len(model.graph.node):])
+    model.graph.initializer.extend(g.inits[len(model.graph.initializer):])
+    model.graph.node.append(helper.make_node("Reshape", [y, shape], ["r"]))
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    r = onnxrep.optimize(model)
+    assert r.applied_by_pattern() == {"conv-bn": 1}
+    assert len(r.warnings) == 1 and "'r' has no shape" in r.warnings[0]
+    assert not r.model.graph.output[0].type.tensor_type.HasField("shape")
+    feeds = {"x": np.ones((1, 4, 6, 6), np.float32), "s": np.array([4, 36], np.int64)}
+    assert onnxrep.compare(model, r.model, inputs=feeds).ok
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_an_output_no_inference_can_type_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    g = GraphBuilder(seed=19)
+    x = g.input([1, 4, 6, 6], name="x")
+    model = g.model([g.bn(g.conv(x, 4, 4, 3), 4)])
+    model.graph.node.append(helper.make_node("Mystery", [model.graph.output[0].name], ["odd"],
+                                             domain="com.example"))
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    model.graph.output.append(helper.make_tensor_value_info("odd", 0, None))
+    with pytest.raises(onnxrep.OnnxrepError, match="graph output 'odd' has no type and shape "
+                       "inference cannot tell it; declare its element type"):
+        onnxrep.optimize(model)
+    src = tmp_path / "in.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(tmp_path / "out.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"onnxrep: error: {src}: graph output 'odd' has no type")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 # --------------------------------------------------------------------------------------------
