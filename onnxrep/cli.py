@@ -183,12 +183,16 @@ class _Console:
             print(f"onnxrep: warning: {text}", file=sys.stderr)
 
     def load(self, path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
+        return self.load_with_sources(path, check=check)[0]
+
+    def load_with_sources(self, path: str | os.PathLike[str], *,
+                          check: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
         try:
             size = f" ({_size(Path(path).stat().st_size)})"
         except OSError:
             size = ""  # io.load names the problem
         with self.step(f"loading {path}{size}"):
-            return io.load(path, check=check)
+            return io.load_with_sources(path, check=check)
 
 
 def _size(n: float) -> str:
@@ -215,9 +219,18 @@ def _optimize(args: argparse.Namespace) -> int:
         report_format(args.report)
     if args.deploy_form and not args.bench:
         raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
+    outputs = [("the output", dst), ("the output's data file", dst.with_name(dst.name + ".data")),
+               *([("the report", Path(args.report))] if args.report else [])]
+    in_place = args.in_place and _same_file(src, dst)
+    _check_outputs(outputs, [("the input", src)], in_place=in_place)
     _warm_up(args)
-    model = ui.load(src)
+    model, sources = ui.load_with_sources(src)
+    inputs = [("the input", src), *(("the input's external data file", f) for f in sources[1:])]
+    # --deploy-form is only timed: it may be an earlier output that this run replaces
     deploy = ui.load(args.deploy_form) if args.deploy_form else None
+    if args.inputs:
+        inputs.append(("the --inputs file", Path(args.inputs)))
+    _check_outputs(outputs, inputs, in_place=in_place)
     with ui.step("optimizing"):
         # without parity or timing the input is not needed again: let it become the output
         alone = not (args.verify or args.bench)
@@ -311,6 +324,45 @@ def _slow(timing: BenchResult, result: OptimizeResult | None,
     return [warning] if warning else []
 
 
+def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]], *,
+                   in_place: bool = False) -> None:
+    """Refuse, before anything is written, an output that would replace a FIFO, a device or
+    another file that is not a regular one, that is an input (the model or any of its external
+    data files, by device and inode: hard and symbolic links count), or that is another output
+    of the same run. With ``in_place`` (the output model is the input model) its data file may
+    be one of the input's too: the input is in memory before either is replaced."""
+    for _, path in outputs:
+        io.refuse_special(path)
+    seen: dict[tuple[object, ...], str] = {}
+    for role, path in outputs:
+        key = _identity(path)
+        if key in seen:
+            raise OnnxrepError(f"{path}: {role} would be {seen[key]} too; give each its own "
+                               "file")
+        seen[key] = role
+    for role, path in outputs:
+        key = _identity(path)
+        for source, candidate in inputs:
+            if key != _identity(candidate):
+                continue
+            if in_place and role == "the output" and source == "the input":
+                continue
+            if (in_place and role == "the output's data file"
+                    and source == "the input's external data file"):
+                continue
+            raise OnnxrepError(f"{path}: {role} would overwrite {source} ({candidate}); "
+                               "nothing was written")
+
+
+def _identity(path: Path) -> tuple[object, ...]:
+    """What names one file: device and inode when it exists, else the resolved path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("path", str(path.resolve()))
+    return ("inode", info.st_dev, info.st_ino)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
@@ -323,13 +375,19 @@ def _check(args: argparse.Namespace) -> int:
     from onnxrep.report import Report, Verdict, render_text, report_format, write
 
     ui = _Console(args)
+    outputs = [("the report", Path(args.report))] if args.report else []
     if args.report:
         report_format(args.report)
     bar = args.min_speedup
     if bar is not None and not bar > 0:
         raise OnnxrepError("--min-speedup must be a positive number")
+    _check_outputs(outputs, [("the input", Path(args.input))])
     _warm_up(args)
-    model = ui.load(args.input)
+    model, sources = ui.load_with_sources(args.input)
+    inputs = [("the input", sources[0]),
+              *(("the input's external data file", f) for f in sources[1:]),
+              *([("the --inputs file", Path(args.inputs))] if args.inputs else [])]
+    _check_outputs(outputs, inputs)
     with ui.step("optimizing"):
         result = optimize(model, skip=args.skip, audit=not args.no_audit)
     report = Report(str(args.input), None, result)

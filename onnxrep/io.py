@@ -41,8 +41,10 @@ __all__ = [
     "light_copy",
     "light_keeps",
     "load",
+    "load_with_sources",
     "mode_for",
     "output_types",
+    "refuse_special",
     "save",
     "serialize_chunks",
     "serialized_size",
@@ -64,6 +66,14 @@ EXTERNAL_MARGIN = 64 * 2**20
 
 def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
     """Read, validate and return a model (with its external data loaded)."""
+    return load_with_sources(path, check=check)[0]
+
+
+def load_with_sources(
+    path: str | os.PathLike[str], *, check: bool = True
+) -> tuple[onnx.ModelProto, list[Path]]:
+    """:func:`load`, and the files the model was read from: its own path, then each external
+    data file its tensors name (resolved against the model's folder, each once)."""
     p = Path(path)
     if not p.exists():
         raise OnnxrepError(f"{p}: no such file")
@@ -79,6 +89,12 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
         raise OnnxrepError(f"{p}: file is empty")
     model = _parse(p, info.st_size)
     validate(model, str(p))
+    sources = [p]
+    for t in _tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in t.external_data}.get("location", "")
+            if location and p.parent / location not in sources:
+                sources.append(p.parent / location)
     try:
         external_data_helper.load_external_data_for_model(model, str(p.parent))
     except OSError as e:
@@ -93,7 +109,42 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
             onnx.checker.check_model(subject)
         except Exception as e:
             raise OnnxrepError(f"{p}: fails onnx.checker: {one_line(e)}") from None
-    return model
+    return model, sources
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The initializers and attribute tensors of ``graph`` and of its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def refuse_special(path: Path) -> None:
+    """An existing ``path`` that is not a regular file (a FIFO, a device, a socket, a
+    directory) is never replaced by an output. A symlink to a regular file is: the link itself
+    is replaced, as ``os.replace`` does."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # nothing there yet (or a dangling link, which the output replaces)
+    if not stat.S_ISREG(mode):
+        raise OnnxrepError(f"{path}: is {_kind(mode)}, not a regular file; not replacing it")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def checker_subject(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
@@ -273,14 +324,15 @@ def save(
 ) -> None:
     """Write ``model`` atomically; ``external=None`` decides by size."""
     p = Path(path)
-    if p.is_dir():
-        raise OnnxrepError(f"{p}: is a directory")
+    refuse_special(p)
     if not p.parent.exists():
         raise OnnxrepError(f"{p.parent}: no such directory")
     if external is None:
         external = not fits(model, margin=EXTERNAL_MARGIN)
     data_name = p.name + ".data"
     data_path = p.parent / data_name
+    if external:
+        refuse_special(data_path)
     temps: list[str] = []
     backup: str | None = None
     try:

@@ -845,6 +845,7 @@ class StagedReport:
 
     def __init__(self, report: Report, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        io.refuse_special(self.path)
         text = render(report, report_format(self.path))
         self._temp: str | None = None
         try:

@@ -305,6 +305,135 @@ def test_output_into_a_directory_or_missing_folder(good: Path, tmp_path: Path, c
     assert not target.parent.exists()
 
 
+def _special(kind: str, path: Path) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:  # the device numbers of /dev/null
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pytest.skip("mknod is not permitted here")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character-device"])
+@pytest.mark.parametrize("role", ["output", "link-to-output", "data-file", "report"])
+def test_an_output_onto_a_fifo_or_character_device_is_refused(kind: str, role: str, good: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    """An existing output that is not a regular file is never replaced (as root, ``-o
+    /dev/null`` once replaced the system's /dev/null with a regular file)."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, report = out_dir / "o.onnx", out_dir / "r.json"
+    special = {"output": out, "link-to-output": out_dir / "dev", "data-file":
+               out_dir / "o.onnx.data", "report": report}[role]
+    _special(kind, special)
+    if role == "link-to-output":
+        out.symlink_to(special)
+    before = sorted(p.name for p in out_dir.iterdir())
+    assert main(["optimize", str(good), "-o", str(out), "--report", str(report)]) == 2
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    err = capsys.readouterr().err
+    assert f"is {what}, not a regular file; not replacing it" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == before
+    is_kind = stat.S_ISFIFO if kind == "fifo" else stat.S_ISCHR
+    assert is_kind(os.lstat(special).st_mode)
+    with pytest.raises(OnnxrepError, match=f"is {what}"):  # the API refuses it too
+        if role == "report":
+            io.refuse_special(report)  # what StagedReport does first
+        else:
+            io.save(big_weight_model(), out, external=role == "data-file")
+
+
+def test_a_symlink_to_a_regular_output_is_replaced_as_a_link(good: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target.onnx"
+    target.write_bytes(b"previous contents")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    assert main(["optimize", str(good), "-o", str(link), "-q"]) == 0
+    assert not link.is_symlink() and io.load(link)
+    assert target.read_bytes() == b"previous contents"
+
+
+def _external_input(tmp_path: Path, location: str = "") -> tuple[Path, Path]:
+    """A model whose weights are in an external data file (``location``, by default the one
+    io.save names); returns the model and its data file."""
+    src = tmp_path / "in.onnx"
+    io.save(big_weight_model(), src, external=True)
+    data = tmp_path / "in.onnx.data"
+    if location:
+        model = onnx.load(src, load_external_data=False)
+        for t in model.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+        data = data.rename(tmp_path / location)
+        src.write_bytes(model.SerializeToString())
+    return src, data
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("case", [
+    "output-is-the-data-file", "output-is-a-link-to-the-data-file",
+    "output-data-file-is-the-data-file", "report-is-the-data-file", "report-is-the-input",
+    "report-is-the-output", "report-is-the-output-data-file", "report-is-a-link-to-the-output",
+])
+def test_no_output_is_an_input_or_another_output(case: str, tmp_path: Path, capsys) -> None:
+    """Compared by device and inode, not by name. Once, ``-o`` onto the input's own data file
+    exited 0 and left the input model computing garbage."""
+    src, data = _external_input(tmp_path, "weights.onnx.data")
+    alias = tmp_path / "alias.onnx"  # not a hard link: onnx refuses to read data that has one
+    alias.symlink_to(data)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    out.write_bytes(b"previous output")
+    links = {  # a report must end in .json, .md or .html: other files are reached by links
+        "data.json": data, "in.json": src, "out.json": out, "out-data.json": tmp_path /
+        "o.onnx.data",  # a dangling link: compared by the path it resolves to
+    }
+    for name, target in links.items():
+        (tmp_path / name).symlink_to(target)
+    out, report = {
+        "output-is-the-data-file": (data, report),
+        "output-is-a-link-to-the-data-file": (alias, report),
+        "output-data-file-is-the-data-file": (tmp_path / "weights.onnx", report),
+        "report-is-the-data-file": (out, tmp_path / "data.json"),
+        "report-is-the-input": (out, tmp_path / "in.json"),
+        "report-is-the-output": (tmp_path / "o.json", tmp_path / "o.json"),
+        "report-is-the-output-data-file": (out, tmp_path / "out-data.json"),
+        "report-is-a-link-to-the-output": (out, tmp_path / "out.json"),
+    }[case]
+    before = _snapshot(tmp_path)
+    argv = ["optimize", str(src), "-o", str(out), "--report", str(report)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("onnxrep: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "would" in err
+    assert _snapshot(tmp_path) == before
+    assert _same_weights(io.load(src), big_weight_model())
+
+
+def test_check_report_onto_the_input_or_its_data_is_refused(tmp_path: Path, capsys) -> None:
+    src, data = _external_input(tmp_path, "weights.json")  # a report format's extension
+    (tmp_path / "in.json").symlink_to(src)
+    before = _snapshot(tmp_path)
+    for report in (tmp_path / "in.json", data):
+        assert main(["check", str(src), "--report", str(report), "--runs", "1",
+                     "--warmup", "0"]) == 2
+        assert "the report would overwrite the input" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_in_place_may_replace_the_input_and_its_own_data_file(tmp_path: Path) -> None:
+    """The whole input is in memory before either file is renamed over."""
+    src, _ = _external_input(tmp_path)
+    assert main(["optimize", str(src), "--in-place", "-q"]) == 0
+    assert main(["compare", str(src), str(src), "-q"]) == 0
+    onnx.checker.check_model(str(src))
+
+
 def test_failed_report_leaves_no_output(good: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "o.onnx"
     code = main(["optimize", str(good), "-o", str(out), "--report",
