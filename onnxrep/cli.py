@@ -4,6 +4,9 @@ Exit codes (a contract for scripts and CI): 0 success; 1 outputs differ beyond t
 (``optimize --verify``, ``compare``, ``check``); 2 bad input or usage; 3 the optimized model is
 not fast enough (``check --min-speedup``).
 
+SIGTERM and SIGHUP (CI time-outs, container stops, a closed terminal) are handled as Ctrl-C is:
+what was being written is removed and the exit code is 128 + the signal's number.
+
 Every subcommand takes ``--quiet`` (print nothing but errors; the exit code still tells) and
 ``--verbose`` (every fold and skipped candidate, and the duration of each step on stderr). On a
 terminal, long steps show a status line on stderr (:mod:`onnxrep.progress`).
@@ -15,10 +18,12 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from onnxrep import __version__, io
@@ -40,7 +45,8 @@ exit codes:
   0  success
   1  outputs differ beyond tolerance (optimize --verify, compare, check)
   2  bad input or usage
-  3  speedup below --min-speedup (check)"""
+  3  speedup below --min-speedup (check)
+  130  interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP, nothing left half-written"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -487,13 +493,51 @@ def _bench(args: argparse.Namespace) -> int:
 COMMANDS = {"optimize": _optimize, "check": _check, "compare": _compare, "bench": _bench}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the signal arrives: a KeyboardInterrupt, so every path
+    that cleans up after Ctrl-C (temporary files, staged reports) cleans up after it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                    if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _terminations_interrupt() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP raise :class:`Terminated` for the duration, then restore the
+    previous handlers. A second such signal during the cleanup of the first is ignored."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in TERMINATING:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in TERMINATING:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _terminations_interrupt():
+            return COMMANDS[args.command](args)
     except OnnxrepError as e:
         print(f"onnxrep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated as e:
+        print(f"onnxrep: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("onnxrep: interrupted", file=sys.stderr)
         return 130

@@ -8,16 +8,18 @@ saving leaves no partial file, no temporary file, and an existing output as it w
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxrep import io
 from onnxrep.cli import main
@@ -510,6 +512,50 @@ def test_failure_while_writing_leaves_no_temp(tmp_path: Path, monkeypatch, error
     monkeypatch.undo()
     assert out.read_bytes() == before
     assert _leftovers(tmp_path, "out.onnx") == []
+
+
+def _large_model(path: Path) -> None:
+    """Conv (1024 x 1024 x 5 x 5 float32 weights: 105 MB) → BN, saved in one file."""
+    rng = np.random.default_rng(0)
+    c, k = 1024, 5
+    weights = [numpy_helper.from_array(rng.standard_normal((c, c, k, k), np.float32), "w")]
+    weights += [numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), name)
+                for name in ("gamma", "beta", "mean", "var")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[2] * 4),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"])]
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", f, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info("y", f, [1, c, 4, 4])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_while_writing_a_large_model_leaves_nothing(signum: int, tmp_path: Path) -> None:
+    """CI time-outs and container stops send SIGTERM: handled as Ctrl-C is, with no temporary
+    file of the output's size left beside it, no partial output, exit 128 + signal."""
+    src = tmp_path / "large.onnx"
+    _large_model(src)
+    assert src.stat().st_size >= 100 * 2**20
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.onnx"
+    for _ in range(5):  # the write may end before the signal lands: then run again
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onnxrep", "optimize", str(src), "-o", str(out), "-q",
+             "--no-audit"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while process.poll() is None and not any(p.suffix == ".tmp" for p in out_dir.iterdir()):
+            time.sleep(0.001)
+        if process.poll() is None:
+            process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+        if process.returncode == 0:
+            out.unlink()
+            continue
+        assert process.returncode == 128 + signum, err
+        assert err == f"onnxrep: terminated by {signal.Signals(signum).name}\n"
+        assert _leftovers(out_dir) == []
+        return
+    pytest.fail("every write ended before the signal arrived")
 
 
 def test_failed_model_rename_restores_the_previous_data_file(tmp_path: Path,
