@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -527,11 +528,29 @@ def _terminations_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _library_warnings(args: argparse.Namespace, caught: list[str]) -> None:
+    """Python warnings raised outside ``optimize`` (which keeps its own in the result): none
+    under ``-q``, each under ``-v``, else how many."""
+    caught = list(dict.fromkeys(caught))
+    if args.quiet or not caught:
+        return
+    if args.verbose:
+        for text in caught:
+            print(f"onnxrep: warning: {text}", file=sys.stderr)
+    else:
+        print(f"onnxrep: warning: {len(caught)} library warning(s) (-v lists them)",
+              file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with _terminations_interrupt():
-            return COMMANDS[args.command](args)
+        with _terminations_interrupt(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = COMMANDS[args.command](args)
+        _library_warnings(args, [f"{w.category.__name__}: {one_line(Exception(w.message))}"
+                                 for w in caught])
+        return code
     except OnnxrepError as e:
         print(f"onnxrep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxrep import idioms, io
 from onnxrep.errors import OnnxrepError, one_line
@@ -63,9 +65,40 @@ def optimize(
     as for a model read from a path, the result is the same object rebuilt, and no second copy
     of the weights is ever held. ``audit`` runs the fusion audit (:mod:`onnxrep.audit`), which
     withdraws any fold that would split a kernel onnxruntime fuses in the input.
+
+    Warnings of the libraries it calls (numpy's RuntimeWarning on NaN or Inf parameters,
+    onnx-graphsurgeon's logger) are not printed: they are in ``library_warnings``.
     """
-    with _interpreter_tuned():
-        return _optimize(model, skip, max_rounds, in_place, audit)
+    with _interpreter_tuned(), _library_warnings() as caught:
+        result = _optimize(model, skip, max_rounds, in_place, audit)
+    result.library_warnings = caught
+    return result
+
+
+@contextlib.contextmanager
+def _library_warnings() -> Iterator[list[str]]:
+    """Record, instead of printing, the Python warnings raised and onnx-graphsurgeon's messages
+    of warning severity or above logged for the duration: one line each, each once, in the
+    list yielded (filled when the block ends)."""
+    logger = G_LOGGER
+    logged: list[str] = []
+
+    def record(message: object, severity: int, *args: object, **kwargs: object) -> None:
+        if severity >= logger.WARNING:
+            text = message() if callable(message) else message
+            logged.append(f"onnx-graphsurgeon: {one_line(Exception(text))}")
+
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        logger.log = record  # shadows the method on this instance (gs prints to stdout)
+        try:
+            yield caught
+        finally:
+            del logger.log
+            python = [f"{w.category.__name__}: {one_line(Exception(w.message))} "
+                      f"({Path(w.filename).name}:{w.lineno})" for w in recorded]
+            caught.extend(dict.fromkeys([*logged, *python]))
 
 
 SWITCH_INTERVAL = 1e-4

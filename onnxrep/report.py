@@ -262,6 +262,11 @@ def render_text(report: Report, *, explain: bool = False) -> str:
         lines += timing_lines(report.timing)
     lines.append(f"  time       {r.seconds:.2f} s to optimize")
     lines += [f"  warning    {w}" for w in report.warnings]
+    if r.library_warnings:
+        hint = "" if explain else " (-v lists them)"
+        lines.append(f"  library    {len(r.library_warnings)} library warning(s){hint}")
+        if explain:
+            lines += [f"    {w}" for w in r.library_warnings]
     return "\n".join(lines)
 
 
