@@ -84,7 +84,7 @@ def _library_warnings() -> Iterator[list[str]]:
     logged: list[str] = []
 
     def record(message: object, severity: int, *args: object, **kwargs: object) -> None:
-        if severity >= logger.WARNING:
+        if severity >= max(logger.WARNING, logger.severity):  # what gs itself would print
             text = message() if callable(message) else message
             logged.append(f"onnx-graphsurgeon: {one_line(Exception(text))}")
 

@@ -18,8 +18,9 @@ parameters in ``forward``: Einsum, Pad, convolutions of kernels, scaled sums) is
 whatever its size, since the model stores that weight anyway and its generating graph goes.
 A result whose size shape inference cannot tell is folded only if its op is no generator.
 
-Left alone as well: subgraphs (If/Loop/Scan bodies) and nodes outside the default domain. It
-runs only where something is foldable.
+Left alone as well: subgraphs (If/Loop/Scan bodies), nodes outside the default domain, and
+nodes that read or write bfloat16 or float8 tensors (onnxruntime's CPU provider, which
+evaluates the constants, has few kernels for them). It runs only where something is foldable.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from onnxrep.graph import ShapeInfo, is_constant, is_default_domain
+from onnxrep.graph import ShapeInfo, is_constant, is_default_domain, is_float
 
 if TYPE_CHECKING:
     from onnxrep.passes import PassState
@@ -111,6 +113,18 @@ def _bytes(names: Iterable[str], shapes: ShapeInfo) -> int | None:
     return total
 
 
+def _exotic(node: gs.Node) -> bool:
+    """The node reads or writes a float type numpy lacks (bfloat16, float8): onnxruntime has
+    few kernels for them, and gs's partitioned folding recurses without end on its failures."""
+    for t in (*node.inputs, *node.outputs):
+        if t.dtype is None or isinstance(t.dtype, int):
+            continue
+        dtype = np.dtype(t.dtype)
+        if dtype.kind == "V" or (dtype.kind == "f" and not is_float(dtype)):
+            return True
+    return False
+
+
 def _has_subgraph(node: gs.Node) -> bool:
     return any(isinstance(v, (gs.Graph, list)) and (
         isinstance(v, gs.Graph) or any(isinstance(x, gs.Graph) for x in v)
@@ -166,7 +180,7 @@ def fold(graph: gs.Graph, shapes: ShapeInfo) -> int:
     makers = _weight_makers(graph)
 
     def exclude(node: gs.Node) -> bool:
-        if not is_default_domain(node) or _has_subgraph(node):
+        if not is_default_domain(node) or _has_subgraph(node) or _exotic(node):
             return True
         made = any(t.name in makers for t in node.outputs)
         return not made and _grows(node, shapes)
