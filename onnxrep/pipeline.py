@@ -481,7 +481,13 @@ def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
     g.output.extend(source.graph.output)
-    g.input.extend(v for v in source.graph.input)
+    inits: set[str] = set()
+    if source.ir_version < 4:  # IR 3 lists every initializer as an input, and shape inference
+        # ignores an initializer that is not one: give it the IR 4 rules, the constants of the
+        # graph as they are now, small ones with their values
+        model.ir_version = 4
+        inits = {t.name for t in source.graph.initializer}
+    g.input.extend(v for v in source.graph.input if v.name not in inits)
     declared = {v.name for v in g.input}
     for t in graph.tensors().values():
         if not isinstance(t, gs.Constant) or t.name in declared:
