@@ -24,6 +24,7 @@ from onnxrep.refusal import Refused
 __all__ = [
     "Names",
     "ShapeInfo",
+    "SparseInitializer",
     "attributes",
     "canonicalize",
     "constant",
@@ -215,7 +216,8 @@ class ShapeInfo:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
             return
-        self.dtypes[vi.name] = tt.elem_type
+        if tt.elem_type:  # 0: inference could not tell (an op reading a sparse initializer)
+            self.dtypes[vi.name] = tt.elem_type
         if tt.HasField("shape"):
             self.shapes[vi.name] = tuple(
                 d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
@@ -290,6 +292,10 @@ def release_overridable(graph: gs.Graph, model: onnx.ModelProto) -> set[str]:
     return names
 
 
+class SparseInitializer(gs.Variable):
+    """A sparse initializer as the rules see it: a variable, never read as a constant."""
+
+
 def release_sparse(graph: gs.Graph) -> None:
     """Sparse initializers pass through untouched: onnx-graphsurgeon imports them as constants,
     make them variables so no rule reads them (the exporter keeps the model's
@@ -298,7 +304,7 @@ def release_sparse(graph: gs.Graph) -> None:
         if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) and isinstance(
             t._values.tensor, onnx.SparseTensorProto
         ):
-            replace_uses(t, gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape)))
+            replace_uses(t, SparseInitializer(t.name, dtype=t.dtype, shape=list(t.shape)))
 
 
 def splice(
