@@ -156,16 +156,21 @@ def session(
 ) -> ort.InferenceSession | ReferenceSession:
     """A CPU InferenceSession; models over the protobuf limit go through a temporary file.
 
-    With ``fallback``, a model that onnxruntime has no kernel for runs in onnx's reference
-    evaluator instead (parity only; never for timing).
+    With ``fallback``, a model that onnxruntime has no kernel for, or whose inputs or outputs
+    are bfloat16, runs in onnx's reference evaluator instead (parity only; never for timing).
     """
     try:
-        return _ort_session(model, level, threads)
+        sess = _ort_session(model, level, threads)
     except OnnxrepError as e:
         if not fallback or "NOT_IMPLEMENTED" not in str(e):
             raise
-        proto = model if isinstance(model, onnx.ModelProto) else io.load(model, check=False)
-        return ReferenceSession(proto)
+    else:
+        args = (*sess.get_inputs(), *sess.get_outputs())
+        if not fallback or all(a.type != "tensor(bfloat16)" for a in args):
+            return sess
+        # onnxruntime's Python API takes and returns no bfloat16 array (numpy has none)
+    proto = model if isinstance(model, onnx.ModelProto) else io.load(model, check=False)
+    return ReferenceSession(proto)
 
 
 def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSession:

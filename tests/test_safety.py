@@ -567,6 +567,16 @@ def test_an_all_bfloat16_model_is_folded_in_float64_and_rounded_once(tmp_path: P
     assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
 
 
+def test_parity_of_a_bfloat16_model_onnxruntime_loads() -> None:
+    """onnxruntime has bfloat16 Concat but its Python API takes no bfloat16 array: parity runs
+    in the reference evaluator."""
+    g = GraphBuilder(dtype=ml_dtypes.bfloat16, seed=21, opset=22)
+    x = g.input([1, 4, 3, 3], name="x")
+    model = g.model([g.node("Concat", [x, x], axis=1)])
+    cmp = onnxrep.compare(model, model)
+    assert cmp.ok and cmp.level == "onnx.reference" and cmp.outputs[0].dtype == "bfloat16"
+
+
 def test_float8_weights_are_left_as_they_are() -> None:
     """float8 weights (read through DequantizeLinear) are not folded: rounded to 8 bits, a fold
     is rarely exact. The Q/DQ graph keeps its structure and its float8 tensors byte for byte."""
