@@ -548,7 +548,9 @@ def test_sigterm_while_writing_a_large_model_leaves_nothing(signum: int, tmp_pat
         if process.poll() is None:
             process.send_signal(signum)
         _, err = process.communicate(timeout=120)
-        if process.returncode == 0:
+        if out.exists():  # the write was over before the signal arrived: run again
+            assert process.returncode in (0, 128 + signum, -signum), err
+            assert _leftovers(out_dir, "o.onnx") == []
             out.unlink()
             continue
         assert process.returncode == 128 + signum, err
