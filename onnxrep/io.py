@@ -4,15 +4,19 @@
 custom domains that the model imports, in subgraphs too); every failure — a missing path, a
 directory, an empty, truncated, text or random file, external data that is missing, short or
 outside the model's folder, a model the checker rejects — is an :class:`OnnxrepError` whose
-one-line message names the file. A model over the 2 GB protobuf limit keeps its weights in an
-external data file and is checked by path.
+one-line message names the file. Graph outputs without a type or a shape, which onnxruntime
+runs and the checker rejects, are checked as shape inference completes them
+(:func:`output_types`). A model over the 2 GB protobuf limit keeps its weights in an external
+data file and is checked by path.
 
 ``save`` writes to temporary files beside the target and renames them into place, so a failed
 or interrupted run never leaves half a model, never leaves a temporary file behind, and leaves
 an existing output as it was. Weights go to an external data file ``<name>.data`` when the model
 would exceed the protobuf limit or when asked; if the model's own rename fails after the data
 file was replaced, the previous data file is put back. New files get the permissions a plain
-``open()`` would give them (``0o666`` minus the umask); a replaced file keeps its mode.
+``open()`` would give them (``0o666`` minus the umask); a replaced file keeps its mode. An
+existing target that is not a regular file (a FIFO, a device, a directory) is never replaced
+(:func:`refuse_special`); a symlink to a regular file is, as a link.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ constants read the original tensors lazily) and a new ModelProto is built from i
 the passes do not rewrite is carried over from the original: model and graph metadata, opset
 imports, functions, graph inputs/outputs/value_info protos, and the NodeProtos of untouched
 nodes (so their subgraphs, doc strings and attribute order stay exactly as they were). A model
-that nothing applies to comes back byte-identical.
+that nothing applies to comes back byte-identical, but for graph outputs that had no type or
+shape: they get the ones shape inference gives (``io.output_types``), with a warning. Before
+IR 4 every initializer, a new one too, is also a graph input.
 """
 
 from __future__ import annotations
@@ -91,11 +93,15 @@ def _library_warnings() -> Iterator[list[str]]:
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
+        shadowed = logger.__dict__.get("log")
         logger.log = record  # shadows the method on this instance (gs prints to stdout)
         try:
             yield caught
         finally:
-            del logger.log
+            if shadowed is None:
+                logger.__dict__.pop("log", None)
+            else:
+                logger.log = shadowed
             python = [f"{w.category.__name__}: {one_line(Exception(w.message))} "
                       f"({Path(w.filename).name}:{w.lineno})" for w in recorded]
             caught.extend(dict.fromkeys([*logged, *python]))
