@@ -4,6 +4,9 @@ Exit codes (a contract for scripts and CI): 0 success; 1 outputs differ beyond t
 (``optimize --verify``, ``compare``, ``check``); 2 bad input or usage; 3 the optimized model is
 not fast enough (``check --min-speedup``).
 
+SIGTERM and SIGHUP (CI time-outs, container stops, a closed terminal) are handled as Ctrl-C is:
+what was being written is removed and the exit code is 128 + the signal's number.
+
 Every subcommand takes ``--quiet`` (print nothing but errors; the exit code still tells) and
 ``--verbose`` (every fold and skipped candidate, and the duration of each step on stderr). On a
 terminal, long steps show a status line on stderr (:mod:`onnxrep.progress`).
@@ -15,10 +18,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from onnxrep import __version__, io
@@ -40,7 +46,8 @@ exit codes:
   0  success
   1  outputs differ beyond tolerance (optimize --verify, compare, check)
   2  bad input or usage
-  3  speedup below --min-speedup (check)"""
+  3  speedup below --min-speedup (check)
+  130  interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP, nothing left half-written"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,12 +190,16 @@ class _Console:
             print(f"onnxrep: warning: {text}", file=sys.stderr)
 
     def load(self, path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
+        return self.load_with_sources(path, check=check)[0]
+
+    def load_with_sources(self, path: str | os.PathLike[str], *,
+                          check: bool = True) -> tuple[onnx.ModelProto, list[Path]]:
         try:
             size = f" ({_size(Path(path).stat().st_size)})"
         except OSError:
             size = ""  # io.load names the problem
         with self.step(f"loading {path}{size}"):
-            return io.load(path, check=check)
+            return io.load_with_sources(path, check=check)
 
 
 def _size(n: float) -> str:
@@ -215,9 +226,18 @@ def _optimize(args: argparse.Namespace) -> int:
         report_format(args.report)
     if args.deploy_form and not args.bench:
         raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
+    outputs = [("the output", dst), ("the output's data file", dst.with_name(dst.name + ".data")),
+               *([("the report", Path(args.report))] if args.report else [])]
+    in_place = args.in_place and _same_file(src, dst)
+    _check_outputs(outputs, [("the input", src)], in_place=in_place)
     _warm_up(args)
-    model = ui.load(src)
+    model, sources = ui.load_with_sources(src)
+    inputs = [("the input", src), *(("the input's external data file", f) for f in sources[1:])]
+    # --deploy-form is only timed: it may be an earlier output that this run replaces
     deploy = ui.load(args.deploy_form) if args.deploy_form else None
+    if args.inputs:
+        inputs.append(("the --inputs file", Path(args.inputs)))
+    _check_outputs(outputs, inputs, in_place=in_place)
     with ui.step("optimizing"):
         # without parity or timing the input is not needed again: let it become the output
         alone = not (args.verify or args.bench)
@@ -225,6 +245,7 @@ def _optimize(args: argparse.Namespace) -> int:
         if alone:
             del model
     report = Report(str(src), str(dst), result)
+    report.warnings += result.warnings
     if deploy is not None:
         report.deploy_form, report.deploy_stats = args.deploy_form, ModelStats.of(deploy)
     code = EXIT_OK
@@ -310,6 +331,45 @@ def _slow(timing: BenchResult, result: OptimizeResult | None,
     return [warning] if warning else []
 
 
+def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]], *,
+                   in_place: bool = False) -> None:
+    """Refuse, before anything is written, an output that would replace a FIFO, a device or
+    another file that is not a regular one, that is an input (the model or any of its external
+    data files, by device and inode: hard and symbolic links count), or that is another output
+    of the same run. With ``in_place`` (the output model is the input model) its data file may
+    be one of the input's too: the input is in memory before either is replaced."""
+    for _, path in outputs:
+        io.refuse_special(path)
+    seen: dict[tuple[object, ...], str] = {}
+    for role, path in outputs:
+        key = _identity(path)
+        if key in seen:
+            raise OnnxrepError(f"{path}: {role} would be {seen[key]} too; give each its own "
+                               "file")
+        seen[key] = role
+    for role, path in outputs:
+        key = _identity(path)
+        for source, candidate in inputs:
+            if key != _identity(candidate):
+                continue
+            if in_place and role == "the output" and source == "the input":
+                continue
+            if (in_place and role == "the output's data file"
+                    and source == "the input's external data file"):
+                continue
+            raise OnnxrepError(f"{path}: {role} would overwrite {source} ({candidate}); "
+                               "nothing was written")
+
+
+def _identity(path: Path) -> tuple[object, ...]:
+    """What names one file: device and inode when it exists, else the resolved path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("path", str(path.resolve()))
+    return ("inode", info.st_dev, info.st_ino)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
@@ -322,16 +382,23 @@ def _check(args: argparse.Namespace) -> int:
     from onnxrep.report import Report, Verdict, render_text, report_format, write
 
     ui = _Console(args)
+    outputs = [("the report", Path(args.report))] if args.report else []
     if args.report:
         report_format(args.report)
     bar = args.min_speedup
     if bar is not None and not bar > 0:
         raise OnnxrepError("--min-speedup must be a positive number")
+    _check_outputs(outputs, [("the input", Path(args.input))])
     _warm_up(args)
-    model = ui.load(args.input)
+    model, sources = ui.load_with_sources(args.input)
+    inputs = [("the input", sources[0]),
+              *(("the input's external data file", f) for f in sources[1:]),
+              *([("the --inputs file", Path(args.inputs))] if args.inputs else [])]
+    _check_outputs(outputs, inputs)
     with ui.step("optimizing"):
         result = optimize(model, skip=args.skip, audit=not args.no_audit)
     report = Report(str(args.input), None, result)
+    report.warnings += result.warnings
     report.parity = parity = _verify(ui, args, model, result.model)
     if not parity.ok:
         bad = [o.name for o in parity.outputs if not o.ok]
@@ -427,13 +494,69 @@ def _bench(args: argparse.Namespace) -> int:
 COMMANDS = {"optimize": _optimize, "check": _check, "compare": _compare, "bench": _bench}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the signal arrives: a KeyboardInterrupt, so every path
+    that cleans up after Ctrl-C (temporary files, staged reports) cleans up after it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                    if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _terminations_interrupt() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP raise :class:`Terminated` for the duration, then restore the
+    previous handlers. A second such signal during the cleanup of the first is ignored."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in TERMINATING:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in TERMINATING:
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _library_warnings(args: argparse.Namespace, caught: list[str]) -> None:
+    """Python warnings raised outside ``optimize`` (which keeps its own in the result): none
+    under ``-q``, each under ``-v``, else how many."""
+    caught = list(dict.fromkeys(caught))
+    if args.quiet or not caught:
+        return
+    if args.verbose:
+        for text in caught:
+            print(f"onnxrep: warning: {text}", file=sys.stderr)
+    else:
+        print(f"onnxrep: warning: {len(caught)} library warning(s) (-v lists them)",
+              file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _terminations_interrupt(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = COMMANDS[args.command](args)
+        _library_warnings(args, [f"{w.category.__name__}: {one_line(Exception(w.message))}"
+                                 for w in caught])
+        return code
     except OnnxrepError as e:
         print(f"onnxrep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated as e:
+        print(f"onnxrep: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("onnxrep: interrupted", file=sys.stderr)
         return 130

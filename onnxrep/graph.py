@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -23,17 +24,24 @@ from onnxrep.refusal import Refused
 __all__ = [
     "Names",
     "ShapeInfo",
+    "SparseInitializer",
     "attributes",
     "canonicalize",
     "constant",
+    "fold_refusal",
     "is_constant",
     "is_default_domain",
+    "is_float",
+    "numpy_dtypes",
     "release_overridable",
+    "release_sparse",
     "replace_uses",
     "shared_reason",
     "splice",
     "subgraph_references",
 ]
+
+FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 
 
@@ -58,6 +66,39 @@ def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     if isinstance(raw, LazyValues):  # read-only, one copy of the bytes (gs's load makes two)
         return numpy_helper.to_array(raw.tensor)
     return raw
+
+
+def is_float(dtype: object) -> bool:
+    """float16, float32, float64 and bfloat16: the types a fold computes in float64 and rounds
+    to once (numpy has no bfloat16; ml_dtypes gives it one)."""
+    return np.dtype(dtype) in FLOATS  # type: ignore[call-overload]
+
+
+def fold_refusal(what: str, dtype: object) -> Refused:
+    """Why ``what`` of ``dtype`` (not :func:`is_float`) is not folded, naming the dtype."""
+    d = np.dtype(dtype)  # type: ignore[call-overload]
+    if d.name.startswith("float") and d.itemsize == 1:  # ml_dtypes' float8 and float4 types
+        return Refused(f"{what} is {d.name}: weights in floats of 8 bits or fewer are not "
+                       f"folded (a fold rounded to them is rarely exact)")
+    return Refused(f"{what} is {d.name}, not a float")
+
+
+def numpy_dtypes(graph: gs.Graph) -> None:
+    """Give every tensor of ``graph`` a numpy dtype: onnx-graphsurgeon keeps ONNX's type number
+    for the types numpy lacks (bfloat16, the float8 types), which ml_dtypes provides."""
+    for t in graph.tensors().values():
+        elem = t.dtype
+        if not isinstance(elem, int) or isinstance(elem, bool):
+            continue
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        except (KeyError, TypeError, ValueError):
+            continue  # strings, types this onnx does not know: no rule reads them
+        if isinstance(t, gs.Constant):
+            if isinstance(t._values, LazyValues):
+                t._values.dtype = dtype
+        else:
+            t.dtype = dtype
 
 
 def attributes(node: gs.Node, known: dict[str, object]) -> dict[str, object]:
@@ -132,7 +173,7 @@ class Names:
 def _all_names(g: onnx.GraphProto) -> set[str]:
     names = {t.name for t in g.initializer} | {v.name for v in g.input} | {
         v.name for v in g.output
-    } | {v.name for v in g.value_info}
+    } | {v.name for v in g.value_info} | {s.values.name for s in g.sparse_initializer}
     for node in g.node:
         names.add(node.name)
         names.update(node.input)
@@ -166,13 +207,17 @@ class ShapeInfo:
         for t in model.graph.initializer:
             info.shapes[t.name] = tuple(t.dims)
             info.dtypes[t.name] = t.data_type
+        for s in model.graph.sparse_initializer:
+            info.shapes[s.values.name] = tuple(s.dims)
+            info.dtypes[s.values.name] = s.values.data_type
         return info
 
     def _add(self, vi: onnx.ValueInfoProto) -> None:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
             return
-        self.dtypes[vi.name] = tt.elem_type
+        if tt.elem_type:  # 0: inference could not tell (an op reading a sparse initializer)
+            self.dtypes[vi.name] = tt.elem_type
         if tt.HasField("shape"):
             self.shapes[vi.name] = tuple(
                 d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
@@ -245,6 +290,21 @@ def release_overridable(graph: gs.Graph, model: onnx.ModelProto) -> set[str]:
             by_name[name] = var
     graph.inputs = [by_name[n] for n in order if n in by_name]
     return names
+
+
+class SparseInitializer(gs.Variable):
+    """A sparse initializer as the rules see it: a variable, never read as a constant."""
+
+
+def release_sparse(graph: gs.Graph) -> None:
+    """Sparse initializers pass through untouched: onnx-graphsurgeon imports them as constants,
+    make them variables so no rule reads them (the exporter keeps the model's
+    ``sparse_initializer`` list as it was)."""
+    for t in list(graph.tensors().values()):
+        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) and isinstance(
+            t._values.tensor, onnx.SparseTensorProto
+        ):
+            replace_uses(t, SparseInitializer(t.name, dtype=t.dtype, shape=list(t.shape)))
 
 
 def splice(

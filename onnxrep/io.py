@@ -4,15 +4,19 @@
 custom domains that the model imports, in subgraphs too); every failure — a missing path, a
 directory, an empty, truncated, text or random file, external data that is missing, short or
 outside the model's folder, a model the checker rejects — is an :class:`OnnxrepError` whose
-one-line message names the file. A model over the 2 GB protobuf limit keeps its weights in an
-external data file and is checked by path.
+one-line message names the file. Graph outputs without a type or a shape, which onnxruntime
+runs and the checker rejects, are checked as shape inference completes them
+(:func:`output_types`). A model over the 2 GB protobuf limit keeps its weights in an external
+data file and is checked by path.
 
 ``save`` writes to temporary files beside the target and renames them into place, so a failed
 or interrupted run never leaves half a model, never leaves a temporary file behind, and leaves
 an existing output as it was. Weights go to an external data file ``<name>.data`` when the model
 would exceed the protobuf limit or when asked; if the model's own rename fails after the data
 file was replaced, the previous data file is put back. New files get the permissions a plain
-``open()`` would give them (``0o666`` minus the umask); a replaced file keeps its mode.
+``open()`` would give them (``0o666`` minus the umask); a replaced file keeps its mode. An
+existing target that is not a regular file (a FIFO, a device, a directory) is never replaced
+(:func:`refuse_special`); a symlink to a regular file is, as a link.
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ from onnxrep.errors import OnnxrepError, one_line
 
 __all__ = [
     "MIN_OPSET",
+    "checker_subject",
     "copy_field",
     "fits",
     "light_copy",
     "light_keeps",
     "load",
+    "load_with_sources",
     "mode_for",
+    "output_types",
+    "refuse_special",
     "save",
     "serialize_chunks",
     "serialized_size",
@@ -62,6 +70,14 @@ EXTERNAL_MARGIN = 64 * 2**20
 
 def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
     """Read, validate and return a model (with its external data loaded)."""
+    return load_with_sources(path, check=check)[0]
+
+
+def load_with_sources(
+    path: str | os.PathLike[str], *, check: bool = True
+) -> tuple[onnx.ModelProto, list[Path]]:
+    """:func:`load`, and the files the model was read from: its own path, then each external
+    data file its tensors name (resolved against the model's folder, each once)."""
     p = Path(path)
     if not p.exists():
         raise OnnxrepError(f"{p}: no such file")
@@ -77,6 +93,12 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
         raise OnnxrepError(f"{p}: file is empty")
     model = _parse(p, info.st_size)
     validate(model, str(p))
+    sources = [p]
+    for t in _tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in t.external_data}.get("location", "")
+            if location and p.parent / location not in sources:
+                sources.append(p.parent / location)
     try:
         external_data_helper.load_external_data_for_model(model, str(p.parent))
     except OSError as e:
@@ -86,12 +108,127 @@ def load(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto
     except Exception as e:  # onnx raises ValidationError for locations outside the folder
         raise OnnxrepError(f"{p}: cannot read its external data ({one_line(e)})") from None
     if check:
-        try:  # a large model is checked without its weight bytes (no serialized copy of them)
-            onnx.checker.check_model(model if serialized_size(model) < CHECK_IN_FULL
-                                     else light_copy(model))
+        subject = checker_subject(model, str(p))
+        try:
+            onnx.checker.check_model(subject)
         except Exception as e:
             raise OnnxrepError(f"{p}: fails onnx.checker: {one_line(e)}") from None
-    return model
+    return model, sources
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The initializers and attribute tensors of ``graph`` and of its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def refuse_special(path: Path) -> None:
+    """An existing ``path`` that is not a regular file (a FIFO, a device, a socket, a
+    directory) is never replaced by an output. A symlink to a regular file is: the link itself
+    is replaced, as ``os.replace`` does."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # nothing there yet (or a dangling link, which the output replaces)
+    if not stat.S_ISREG(mode):
+        raise OnnxrepError(f"{path}: is {_kind(mode)}, not a regular file; not replacing it")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def checker_subject(model: onnx.ModelProto, where: str = "model") -> onnx.ModelProto:
+    """What onnx.checker is given for ``model``: the model, or a ``light_copy`` (no weight
+    bytes, so no second serialized copy of them) when it is large or when graph outputs lack a
+    type or shape. In that copy they are completed as :func:`output_types` completes them;
+    those whose rank no inference can tell are left out (onnxruntime runs them)."""
+    types = output_types(model, where)
+    if not types:
+        return model if serialized_size(model) < CHECK_IN_FULL else light_copy(model)
+    subject = light_copy(model)
+    completed = [v for v in (_typed(v, types) for v in subject.graph.output) if v is not None]
+    del subject.graph.output[:]
+    subject.graph.output.extend(completed)
+    return subject
+
+
+def output_types(model: onnx.ModelProto, where: str = "model") -> dict[str, onnx.TypeProto]:
+    """The types graph outputs without a type or a shape get from shape inference, by name.
+
+    onnxruntime runs such outputs (hand-built and onnx-graphsurgeon-written graphs have them);
+    the checker does not. An output whose rank inference cannot tell gets its element type
+    alone (no shape: it keeps failing the checker, as in the input). An output whose element
+    type inference cannot tell, or that no node, input or initializer defines, is refused.
+    """
+    incomplete = [v for v in model.graph.output if not _complete(v)]
+    if not incomplete:
+        return {}
+    defined = {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
+    defined |= {o for n in model.graph.node for o in n.output}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light_copy(model), data_prop=True).graph
+        known = {v.name: v.type for v in (*inferred.input, *inferred.value_info, *inferred.output)
+                 if v.type.tensor_type.elem_type}
+    except Exception:  # inference is best effort here: what it cannot tell is refused below
+        known = {}
+    for t in model.graph.initializer:
+        known.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, t.dims))
+    types = {}
+    for v in incomplete:
+        if v.name not in defined:
+            raise OnnxrepError(f"{where}: graph output {v.name!r} is not computed by any node, "
+                               "input or initializer; remove it or add what computes it")
+        given = v.type.tensor_type
+        found = known.get(v.name)
+        elem = given.elem_type or (found.tensor_type.elem_type if found is not None else 0)
+        if not elem:
+            raise OnnxrepError(
+                f"{where}: graph output {v.name!r} has no type and shape inference cannot tell "
+                "it; declare its element type and shape (onnx.helper.make_tensor_value_info)")
+        out = onnx.TypeProto()
+        out.tensor_type.elem_type = elem
+        if given.HasField("shape"):
+            out.tensor_type.shape.CopyFrom(given.shape)
+        elif found is not None and found.tensor_type.HasField("shape"):
+            out.tensor_type.shape.CopyFrom(found.tensor_type.shape)
+        types[v.name] = out
+    return types
+
+
+def _complete(v: onnx.ValueInfoProto) -> bool:
+    """A graph output the checker accepts as declared: a tensor type with an element type and a
+    shape, or a type other than a tensor."""
+    if not v.HasField("type"):
+        return False
+    if v.type.WhichOneof("value") != "tensor_type":
+        return v.type.WhichOneof("value") is not None
+    return bool(v.type.tensor_type.elem_type) and v.type.tensor_type.HasField("shape")
+
+
+def _typed(v: onnx.ValueInfoProto, types: dict[str, onnx.TypeProto]) -> onnx.ValueInfoProto | None:
+    """``v`` with the type ``types`` give it (``None`` when that type still has no shape)."""
+    if v.name not in types:
+        return v
+    if not types[v.name].tensor_type.HasField("shape"):
+        return None
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(v)
+    out.type.CopyFrom(types[v.name])
+    return out
 
 
 def _parse(p: Path, size: int) -> onnx.ModelProto:
@@ -191,14 +328,15 @@ def save(
 ) -> None:
     """Write ``model`` atomically; ``external=None`` decides by size."""
     p = Path(path)
-    if p.is_dir():
-        raise OnnxrepError(f"{p}: is a directory")
+    refuse_special(p)
     if not p.parent.exists():
         raise OnnxrepError(f"{p.parent}: no such directory")
     if external is None:
         external = not fits(model, margin=EXTERNAL_MARGIN)
     data_name = p.name + ".data"
     data_path = p.parent / data_name
+    if external:
+        refuse_special(data_path)
     temps: list[str] = []
     backup: str | None = None
     try:

@@ -5,7 +5,9 @@ constants read the original tensors lazily) and a new ModelProto is built from i
 the passes do not rewrite is carried over from the original: model and graph metadata, opset
 imports, functions, graph inputs/outputs/value_info protos, and the NodeProtos of untouched
 nodes (so their subgraphs, doc strings and attribute order stay exactly as they were). A model
-that nothing applies to comes back byte-identical.
+that nothing applies to comes back byte-identical, but for graph outputs that had no type or
+shape: they get the ones shape inference gives (``io.output_types``), with a warning. Before
+IR 4 every initializer, a new one too, is also a graph input.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxrep import idioms, io
 from onnxrep.errors import OnnxrepError, one_line
@@ -34,13 +38,16 @@ from onnxrep.graph import (
     ShapeInfo,
     canonicalize,
     constant,
+    is_float,
+    numpy_dtypes,
     release_overridable,
+    release_sparse,
     subgraph_references,
 )
 from onnxrep.passes import PASSES, PREPARE, PassState
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
-__all__ = ["export", "optimize", "skeleton"]
+__all__ = ["export", "optimize"]
 
 
 
@@ -60,9 +67,44 @@ def optimize(
     as for a model read from a path, the result is the same object rebuilt, and no second copy
     of the weights is ever held. ``audit`` runs the fusion audit (:mod:`onnxrep.audit`), which
     withdraws any fold that would split a kernel onnxruntime fuses in the input.
+
+    Warnings of the libraries it calls (numpy's RuntimeWarning on NaN or Inf parameters,
+    onnx-graphsurgeon's logger) are not printed: they are in ``library_warnings``.
     """
-    with _interpreter_tuned():
-        return _optimize(model, skip, max_rounds, in_place, audit)
+    with _interpreter_tuned(), _library_warnings() as caught:
+        result = _optimize(model, skip, max_rounds, in_place, audit)
+    result.library_warnings = caught
+    return result
+
+
+@contextlib.contextmanager
+def _library_warnings() -> Iterator[list[str]]:
+    """Record, instead of printing, the Python warnings raised and onnx-graphsurgeon's messages
+    of warning severity or above logged for the duration: one line each, each once, in the
+    list yielded (filled when the block ends)."""
+    logger = G_LOGGER
+    logged: list[str] = []
+
+    def record(message: object, severity: int, *args: object, **kwargs: object) -> None:
+        if severity >= max(logger.WARNING, logger.severity):  # what gs itself would print
+            text = message() if callable(message) else message
+            logged.append(f"onnx-graphsurgeon: {one_line(Exception(text))}")
+
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        shadowed = logger.__dict__.get("log")
+        logger.log = record  # shadows the method on this instance (gs prints to stdout)
+        try:
+            yield caught
+        finally:
+            if shadowed is None:
+                logger.__dict__.pop("log", None)
+            else:
+                logger.log = shadowed
+            python = [f"{w.category.__name__}: {one_line(Exception(w.message))} "
+                      f"({Path(w.filename).name}:{w.lineno})" for w in recorded]
+            caught.extend(dict.fromkeys([*logged, *python]))
 
 
 SWITCH_INTERVAL = 1e-4
@@ -109,6 +151,7 @@ def _optimize(
     if unknown:
         raise OnnxrepError(f"unknown pattern(s) {unknown}; choose from {sorted(NAMES)}")
     io.validate(original)
+    completed = io.output_types(original)
 
     before = ModelStats.of(original)
     light = io.light_copy(original)
@@ -126,6 +169,7 @@ def _optimize(
         if checker is None or not checker.withdraw(run, protected):
             break
 
+    reference = None if owned else original
     if not run.applied and not run.removed and not folded:
         if owned:
             result_model = original
@@ -133,9 +177,10 @@ def _optimize(
             result_model = onnx.ModelProto()
             result_model.CopyFrom(original)
     else:
-        reference = None if owned else original
         result_model = export(run.graph, source, in_place=owned or source is not original)
         del run.graph
+    warnings = _complete_outputs(result_model, completed)
+    if run.applied or run.removed or folded or completed:
         _check(result_model, reference)
     return OptimizeResult(
         model=result_model,
@@ -150,7 +195,31 @@ def _optimize(
             *([f"folded {folded} constant node(s)"] if folded else []),
         ],
         audit=checker.result if checker is not None else None,
+        warnings=warnings,
     )
+
+
+def _complete_outputs(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> list[str]:
+    """Give the graph outputs named in ``types`` (see ``io.output_types``) those types; one
+    warning per output, naming it."""
+    warnings = []
+    for v in model.graph.output:
+        if v.name not in types:
+            continue
+        missing = "type" if not v.type.tensor_type.elem_type else "shape"
+        v.type.CopyFrom(types[v.name])
+        tt = v.type.tensor_type
+        elem = onnx.helper.tensor_dtype_to_string(tt.elem_type).removeprefix("TensorProto.")
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                    for d in tt.shape.dim]
+            warnings.append(f"graph output {v.name!r} had no {missing}; written with the one "
+                            f"shape inference gives: {elem} {dims}")
+        else:
+            warnings.append(f"graph output {v.name!r} has no shape and shape inference cannot "
+                            f"tell its rank: written as {elem} without one (onnxruntime runs it; "
+                            "onnx.checker rejects it, as it rejects the input)")
+    return warnings
 
 
 @dataclass
@@ -174,6 +243,8 @@ def _passes(
     inference knows of it), canonicalize, then run the passes to a fixpoint. Nodes whose
     output is in ``protected`` (and every runtime idiom) are left alone."""
     graph = gs.import_onnx(original)
+    numpy_dtypes(graph)
+    release_sparse(graph)
     release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
@@ -320,6 +391,7 @@ def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) 
     out = source if in_place else _shell(source)
     g, src = out.graph, source.graph
 
+    initializers = {t.name for t in src.initializer}
     originals = {tuple(n.output): n for n in src.node}
     nodes = []
     for node in graph.nodes:
@@ -356,8 +428,15 @@ def export(graph: gs.Graph, source: onnx.ModelProto, *, in_place: bool = False) 
             _append_initializer(g, name, constant(tensor))
             tensor.values = np.zeros(0, np.dtype(tensor.dtype))  # the graph is done: free it
 
-    inputs = {t.name for t in graph.inputs} | (set() if out.ir_version >= 4 else present)
+    inputs = {t.name for t in graph.inputs}
+    if out.ir_version < 4:  # IR 3: every initializer is a graph input, and only those stay
+        present = {t.name for t in g.initializer}
+        inputs = {n for n in inputs if n in present or n not in initializers} | present
     kept_inputs = [v for v in src.input if v.name in inputs]
+    if out.ir_version < 4:
+        listed = {v.name for v in kept_inputs}
+        kept_inputs += [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                        for t in g.initializer if t.name not in listed]
     live = {name for n in g.node for name in n.output}
     kept_info = [v for v in src.value_info if v.name in live]
     if in_place:
@@ -396,32 +475,10 @@ def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> No
     t.name = name
     t.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
     t.dims.extend(values.shape)
-    if values.dtype.kind in "fiub" and values.dtype.byteorder in "=<|":
+    if (values.dtype.kind in "fiub" or is_float(values.dtype)) and values.dtype.byteorder in "=<|":
         t.raw_data = np.ascontiguousarray(values).tobytes()
     else:  # strings, big-endian data: let onnx encode them
         t.CopyFrom(numpy_helper.from_array(values, name))
-
-
-def skeleton(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
-    """``graph`` as a ModelProto for shape inference: its nodes, small constants with their
-    values and large float weights as inputs of the same shape (nothing large is copied; see
-    ``io.light_keeps``)."""
-    keep = io.light_keeps({t.name for n in graph.nodes if n.op in io.QDQ_OPS for t in n.inputs})
-    model = _shell(source)
-    g = model.graph
-    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
-    g.output.extend(source.graph.output)
-    g.input.extend(v for v in source.graph.input)
-    declared = {v.name for v in g.input}
-    for t in graph.tensors().values():
-        if not isinstance(t, gs.Constant) or t.name in declared:
-            continue
-        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
-        if keep(t.name, elem, math.prod(t.shape)):
-            _append_initializer(g, t.name, constant(t))
-        else:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
-    return model
 
 
 def _check(model: onnx.ModelProto, original: onnx.ModelProto | None) -> None:
@@ -430,13 +487,13 @@ def _check(model: onnx.ModelProto, original: onnx.ModelProto | None) -> None:
     Large models are checked as their skeleton (structure, types, attributes; not the weight
     bytes, which numpy wrote), so the check never holds a second serialized copy.
     """
-    subject = model if io.serialized_size(model) < io.CHECK_IN_FULL else io.light_copy(model)
+    subject = io.checker_subject(model)
     try:
         onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as e:
         if original is not None:
             try:
-                onnx.checker.check_model(original)
+                onnx.checker.check_model(io.checker_subject(original))
             except onnx.checker.ValidationError:
                 return  # the input already failed the checker the same way
         raise OnnxrepError(

@@ -262,6 +262,11 @@ def render_text(report: Report, *, explain: bool = False) -> str:
         lines += timing_lines(report.timing)
     lines.append(f"  time       {r.seconds:.2f} s to optimize")
     lines += [f"  warning    {w}" for w in report.warnings]
+    if r.library_warnings:
+        hint = "" if explain else " (-v lists them)"
+        lines.append(f"  library    {len(r.library_warnings)} library warning(s){hint}")
+        if explain:
+            lines += [f"    {w}" for w in r.library_warnings]
     return "\n".join(lines)
 
 
@@ -845,6 +850,7 @@ class StagedReport:
 
     def __init__(self, report: Report, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        io.refuse_special(self.path)
         text = render(report, report_format(self.path))
         self._temp: str | None = None
         try:

@@ -87,6 +87,11 @@ class OptimizeResult:
     notes: list[str] = field(default_factory=list)
     audit: AuditResult | None = None
     """The fusion audit's findings (``None`` when it was not run)."""
+    warnings: list[str] = field(default_factory=list)
+    """What the user should know about the model written (each names the tensor)."""
+    library_warnings: list[str] = field(default_factory=list)
+    """Warnings of the libraries optimize called (numpy, onnx-graphsurgeon), one line each:
+    recorded, never printed by the library; the command line counts them, ``-v`` lists them."""
 
     @property
     def changed(self) -> bool:
@@ -106,4 +111,6 @@ class OptimizeResult:
             "rounds": self.rounds,
             "notes": list(self.notes),
             "audit": self.audit.to_dict() if self.audit is not None else None,
+            "warnings": list(self.warnings),
+            "library_warnings": list(self.library_warnings),
         }

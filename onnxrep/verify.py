@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -155,16 +156,21 @@ def session(
 ) -> ort.InferenceSession | ReferenceSession:
     """A CPU InferenceSession; models over the protobuf limit go through a temporary file.
 
-    With ``fallback``, a model that onnxruntime has no kernel for runs in onnx's reference
-    evaluator instead (parity only; never for timing).
+    With ``fallback``, a model that onnxruntime has no kernel for, or whose inputs or outputs
+    are bfloat16, runs in onnx's reference evaluator instead (parity only; never for timing).
     """
     try:
-        return _ort_session(model, level, threads)
+        sess = _ort_session(model, level, threads)
     except OnnxrepError as e:
         if not fallback or "NOT_IMPLEMENTED" not in str(e):
             raise
-        proto = model if isinstance(model, onnx.ModelProto) else io.load(model, check=False)
-        return ReferenceSession(proto)
+    else:
+        args = (*sess.get_inputs(), *sess.get_outputs())
+        if not fallback or all(a.type != "tensor(bfloat16)" for a in args):
+            return sess
+        # onnxruntime's Python API takes and returns no bfloat16 array (numpy has none)
+    proto = model if isinstance(model, onnx.ModelProto) else io.load(model, check=False)
+    return ReferenceSession(proto)
 
 
 def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSession:
@@ -226,7 +232,7 @@ def make_feeds(
                 for i, d in enumerate(inp.shape)
             ]
         dtype = _numpy_dtype(inp.type)
-        if dtype.kind == "f":
+        if _is_float(dtype):
             value = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":
             value = rng.integers(0, 10, size=shape).astype(dtype)
@@ -246,10 +252,16 @@ def _numpy_dtype(ort_type: str) -> np.dtype:
         "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
         "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
         "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64,
+        "tensor(bfloat16)": ml_dtypes.bfloat16,
     }
     if ort_type not in names:
         raise OnnxrepError(f"cannot generate inputs of type {ort_type}")
     return np.dtype(names[ort_type])
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """A float type numpy has, or bfloat16 (from ml_dtypes; its numpy kind is "V")."""
+    return dtype.kind in "fc" or dtype == np.dtype(ml_dtypes.bfloat16)
 
 
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -337,7 +349,7 @@ def _diff(
             0.0, 0.0, a_tol, r_tol, False,
             note=f"shape/dtype {list(ref.shape)} {ref.dtype} vs {list(got.shape)} {got.dtype}",
         )
-    if ref.dtype.kind not in "fc":
+    if not _is_float(ref.dtype):
         mismatches = int(np.count_nonzero(ref != got))
         diff = np.abs(ref.astype(np.float64) - got.astype(np.float64)) if ref.size else ref
         max_abs = float(diff.max()) if ref.size else 0.0

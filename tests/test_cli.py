@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -133,3 +134,44 @@ def test_a_npy_array_is_not_an_inputs_file(model_path: Path, tmp_path: Path, cap
     np.save(npy, np.zeros((1, 8, 12, 12), np.float32))
     assert main(["compare", str(model_path), str(model_path), "--inputs", str(npy)]) == 2
     assert "not an .npz archive" in capsys.readouterr().err
+
+
+def _noisy_models(folder: Path) -> list[Path]:
+    """Models whose optimization makes the libraries warn: NaN, Inf and negative BN parameters
+    (numpy's RuntimeWarning), and a bfloat16 model (onnx-graphsurgeon's logger, which prints
+    to stdout)."""
+    g = GraphBuilder(seed=0)
+    x = g.input([1, 4, 6, 6], name="x")
+    model = g.model([g.node("Relu", [g.bn(g.conv(x, 4, 4, 3), 4)])])
+    for t in model.graph.initializer[-4:]:
+        values = onnx.numpy_helper.to_array(t).copy()
+        values[:3] = [np.nan, np.inf, -1.0]
+        t.CopyFrom(onnx.numpy_helper.from_array(values, t.name))
+    g = GraphBuilder(dtype=ml_dtypes.bfloat16, seed=0, opset=22)
+    x = g.input([1, 4, 6, 6], name="x")
+    bf16 = g.model([g.node("Relu", [g.bn(g.conv(x, 4, 4, 3), 4)])])
+    paths = [folder / "nan-bn.onnx", folder / "bf16.onnx"]
+    for m, path in zip((model, bf16), paths, strict=True):
+        onnx.save(m, path)
+    return paths
+
+
+def test_quiet_is_silent_and_library_warnings_are_counted(tmp_path: Path) -> None:
+    """Under -q nothing reaches stdout or stderr; by default the summary counts the library
+    warnings (none reaches stderr or stdout as the library wrote it); -v lists them."""
+    for src in _noisy_models(tmp_path):
+        out = tmp_path / "out.onnx"
+        runs = {}
+        for flag in ("-q", None, "-v"):
+            argv = [sys.executable, "-m", "onnxrep", "optimize", str(src), "-o", str(out),
+                    "--verify", *([flag] if flag else [])]
+            runs[flag] = subprocess.run(argv, capture_output=True, text=True, check=False)
+            assert runs[flag].returncode == 0, runs[flag].stderr
+        assert (runs["-q"].stdout, runs["-q"].stderr) == ("", "")
+        for run in runs.values():
+            assert "[W]" not in run.stdout and "Warning:" not in run.stderr
+        default, verbose = runs[None].stdout, runs["-v"].stdout
+        assert "library warning(s) (-v lists them)" in default
+        listed = "RuntimeWarning: invalid value" if src.name == "nan-bn.onnx" else (
+            "onnx-graphsurgeon: Could not convert: BFLOAT16")
+        assert listed in verbose and listed not in default

@@ -8,16 +8,18 @@ saving leaves no partial file, no temporary file, and an existing output as it w
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxrep import io
 from onnxrep.cli import main
@@ -305,6 +307,135 @@ def test_output_into_a_directory_or_missing_folder(good: Path, tmp_path: Path, c
     assert not target.parent.exists()
 
 
+def _special(kind: str, path: Path) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:  # the device numbers of /dev/null
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pytest.skip("mknod is not permitted here")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character-device"])
+@pytest.mark.parametrize("role", ["output", "link-to-output", "data-file", "report"])
+def test_an_output_onto_a_fifo_or_character_device_is_refused(kind: str, role: str, good: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    """An existing output that is not a regular file is never replaced (as root, ``-o
+    /dev/null`` once replaced the system's /dev/null with a regular file)."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, report = out_dir / "o.onnx", out_dir / "r.json"
+    special = {"output": out, "link-to-output": out_dir / "dev", "data-file":
+               out_dir / "o.onnx.data", "report": report}[role]
+    _special(kind, special)
+    if role == "link-to-output":
+        out.symlink_to(special)
+    before = sorted(p.name for p in out_dir.iterdir())
+    assert main(["optimize", str(good), "-o", str(out), "--report", str(report)]) == 2
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    err = capsys.readouterr().err
+    assert f"is {what}, not a regular file; not replacing it" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == before
+    is_kind = stat.S_ISFIFO if kind == "fifo" else stat.S_ISCHR
+    assert is_kind(os.lstat(special).st_mode)
+    with pytest.raises(OnnxrepError, match=f"is {what}"):  # the API refuses it too
+        if role == "report":
+            io.refuse_special(report)  # what StagedReport does first
+        else:
+            io.save(big_weight_model(), out, external=role == "data-file")
+
+
+def test_a_symlink_to_a_regular_output_is_replaced_as_a_link(good: Path, tmp_path: Path) -> None:
+    target = tmp_path / "target.onnx"
+    target.write_bytes(b"previous contents")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    assert main(["optimize", str(good), "-o", str(link), "-q"]) == 0
+    assert not link.is_symlink() and io.load(link)
+    assert target.read_bytes() == b"previous contents"
+
+
+def _external_input(tmp_path: Path, location: str = "") -> tuple[Path, Path]:
+    """A model whose weights are in an external data file (``location``, by default the one
+    io.save names); returns the model and its data file."""
+    src = tmp_path / "in.onnx"
+    io.save(big_weight_model(), src, external=True)
+    data = tmp_path / "in.onnx.data"
+    if location:
+        model = onnx.load(src, load_external_data=False)
+        for t in model.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+        data = data.rename(tmp_path / location)
+        src.write_bytes(model.SerializeToString())
+    return src, data
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("case", [
+    "output-is-the-data-file", "output-is-a-link-to-the-data-file",
+    "output-data-file-is-the-data-file", "report-is-the-data-file", "report-is-the-input",
+    "report-is-the-output", "report-is-the-output-data-file", "report-is-a-link-to-the-output",
+])
+def test_no_output_is_an_input_or_another_output(case: str, tmp_path: Path, capsys) -> None:
+    """Compared by device and inode, not by name. Once, ``-o`` onto the input's own data file
+    exited 0 and left the input model computing garbage."""
+    src, data = _external_input(tmp_path, "weights.onnx.data")
+    alias = tmp_path / "alias.onnx"  # not a hard link: onnx refuses to read data that has one
+    alias.symlink_to(data)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    out.write_bytes(b"previous output")
+    links = {  # a report must end in .json, .md or .html: other files are reached by links
+        "data.json": data, "in.json": src, "out.json": out, "out-data.json": tmp_path /
+        "o.onnx.data",  # a dangling link: compared by the path it resolves to
+    }
+    for name, target in links.items():
+        (tmp_path / name).symlink_to(target)
+    out, report = {
+        "output-is-the-data-file": (data, report),
+        "output-is-a-link-to-the-data-file": (alias, report),
+        "output-data-file-is-the-data-file": (tmp_path / "weights.onnx", report),
+        "report-is-the-data-file": (out, tmp_path / "data.json"),
+        "report-is-the-input": (out, tmp_path / "in.json"),
+        "report-is-the-output": (tmp_path / "o.json", tmp_path / "o.json"),
+        "report-is-the-output-data-file": (out, tmp_path / "out-data.json"),
+        "report-is-a-link-to-the-output": (out, tmp_path / "out.json"),
+    }[case]
+    before = _snapshot(tmp_path)
+    argv = ["optimize", str(src), "-o", str(out), "--report", str(report)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("onnxrep: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "would" in err
+    assert _snapshot(tmp_path) == before
+    assert _same_weights(io.load(src), big_weight_model())
+
+
+def test_check_report_onto_the_input_or_its_data_is_refused(tmp_path: Path, capsys) -> None:
+    src, data = _external_input(tmp_path, "weights.json")  # a report format's extension
+    (tmp_path / "in.json").symlink_to(src)
+    before = _snapshot(tmp_path)
+    for report in (tmp_path / "in.json", data):
+        assert main(["check", str(src), "--report", str(report), "--runs", "1",
+                     "--warmup", "0"]) == 2
+        assert "the report would overwrite the input" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_in_place_may_replace_the_input_and_its_own_data_file(tmp_path: Path) -> None:
+    """The whole input is in memory before either file is renamed over."""
+    src, _ = _external_input(tmp_path)
+    assert main(["optimize", str(src), "--in-place", "-q"]) == 0
+    assert main(["compare", str(src), str(src), "-q"]) == 0
+    onnx.checker.check_model(str(src))
+
+
 def test_failed_report_leaves_no_output(good: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "o.onnx"
     code = main(["optimize", str(good), "-o", str(out), "--report",
@@ -381,6 +512,52 @@ def test_failure_while_writing_leaves_no_temp(tmp_path: Path, monkeypatch, error
     monkeypatch.undo()
     assert out.read_bytes() == before
     assert _leftovers(tmp_path, "out.onnx") == []
+
+
+def _large_model(path: Path) -> None:
+    """Conv (1024 x 1024 x 5 x 5 float32 weights: 105 MB) → BN, saved in one file."""
+    rng = np.random.default_rng(0)
+    c, k = 1024, 5
+    weights = [numpy_helper.from_array(rng.standard_normal((c, c, k, k), np.float32), "w")]
+    weights += [numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), name)
+                for name in ("gamma", "beta", "mean", "var")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[2] * 4),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"])]
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", f, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info("y", f, [1, c, 4, 4])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_while_writing_a_large_model_leaves_nothing(signum: int, tmp_path: Path) -> None:
+    """CI time-outs and container stops send SIGTERM: handled as Ctrl-C is, with no temporary
+    file of the output's size left beside it, no partial output, exit 128 + signal."""
+    src = tmp_path / "large.onnx"
+    _large_model(src)
+    assert src.stat().st_size >= 100 * 2**20
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.onnx"
+    for _ in range(5):  # the write may end before the signal lands: then run again
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onnxrep", "optimize", str(src), "-o", str(out), "-q",
+             "--no-audit"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while process.poll() is None and not any(p.suffix == ".tmp" for p in out_dir.iterdir()):
+            time.sleep(0.001)
+        if process.poll() is None:
+            process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+        if out.exists():  # the write was over before the signal arrived: run again
+            assert process.returncode in (0, 128 + signum, -signum), err
+            assert _leftovers(out_dir, "o.onnx") == []
+            out.unlink()
+            continue
+        assert process.returncode == 128 + signum, err
+        assert err == f"onnxrep: terminated by {signal.Signals(signum).name}\n"
+        assert _leftovers(out_dir) == []
+        return
+    pytest.fail("every write ended before the signal arrived")
 
 
 def test_failed_model_rename_restores_the_previous_data_file(tmp_path: Path,

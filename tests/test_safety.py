@@ -17,12 +17,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxrep
+from onnxrep.cli import main
 from tests.builders import GraphBuilder, op_counts
 from tests.helpers import assert_equivalent, optimized
 
@@ -120,6 +123,89 @@ def test_an_overridable_initializer_is_not_a_constant() -> None:
     r = onnxrep.optimize(model)
     assert [i.name for i in r.model.graph.input] == ["x", "w"]
     assert op_counts(r.model) == {"Conv": 1, "BatchNormalization": 1}
+
+
+def _without(what: str) -> onnx.ModelProto:
+    """Conv → BN → Relu whose graph output has no shape, or no type at all (as hand-built and
+    onnx-graphsurgeon-written graphs have them: onnxruntime runs these)."""
+    g = GraphBuilder(seed=18)
+    x = g.input(["N", 4, 6, 6], name="x")
+    model = g.model([g.node("Relu", [g.bn(g.conv(x, 4, 4, 3), 4)])])
+    out = model.graph.output[0]
+    if what == "shape":
+        out.type.tensor_type.ClearField("shape")
+    else:
+        out.ClearField("type")
+    return model
+
+
+@pytest.mark.parametrize("what", ["shape", "type"])
+def test_an_output_without_shape_or_type_gets_the_inferred_one(what: str, tmp_path: Path,
+                                                              capsys) -> None:
+    model = _without(what)
+    name = model.graph.output[0].name
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    onnxruntime.InferenceSession(model.SerializeToString())  # which runs it
+    r = onnxrep.optimize(model)
+    onnx.checker.check_model(r.model, full_check=True)
+    assert op_counts(r.model) == {"Conv": 1, "Relu": 1}
+    declared = r.model.graph.output[0].type.tensor_type
+    assert declared.elem_type == TensorProto.FLOAT
+    assert [d.dim_value or d.dim_param for d in declared.shape.dim] == ["N", 4, 6, 6]
+    assert len(r.warnings) == 1 and repr(name) in r.warnings[0]
+    assert_equivalent(model, r.model)
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify"]) == 0
+    err = capsys.readouterr().err
+    assert f"onnxrep: warning: graph output {name!r} had no" in err
+    assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
+    nothing = onnxrep.optimize(model, skip=["conv-bn"])  # no fold: the outputs are still typed
+    onnx.checker.check_model(nothing.model, full_check=True)
+
+
+def test_an_output_of_unknown_rank_is_kept_without_a_shape(tmp_path: Path, capsys) -> None:
+    """Reshape to a shape given at run time: no inference can tell the rank, onnxruntime runs
+    it. The output keeps no shape (with a warning naming it) and the folds still happen."""
+    g = GraphBuilder(seed=20)
+    x = g.input([1, 4, 6, 6], name="x")
+    shape = g.input([None], name="s", elem=TensorProto.INT64)
+    model = g.model([])
+    y = g.bn(g.conv(x, 4, 4, 3), 4)
+    model.graph.node.extend(g.nodes[len(model.graph.node):])
+    model.graph.initializer.extend(g.inits[len(model.graph.initializer):])
+    model.graph.node.append(helper.make_node("Reshape", [y, shape], ["r"]))
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    r = onnxrep.optimize(model)
+    assert r.applied_by_pattern() == {"conv-bn": 1}
+    assert len(r.warnings) == 1 and "'r' has no shape" in r.warnings[0]
+    assert not r.model.graph.output[0].type.tensor_type.HasField("shape")
+    feeds = {"x": np.ones((1, 4, 6, 6), np.float32), "s": np.array([4, 36], np.int64)}
+    assert onnxrep.compare(model, r.model, inputs=feeds).ok
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_an_output_no_inference_can_type_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    g = GraphBuilder(seed=19)
+    x = g.input([1, 4, 6, 6], name="x")
+    model = g.model([g.bn(g.conv(x, 4, 4, 3), 4)])
+    model.graph.node.append(helper.make_node("Mystery", [model.graph.output[0].name], ["odd"],
+                                             domain="com.example"))
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    model.graph.output.append(helper.make_tensor_value_info("odd", 0, None))
+    with pytest.raises(onnxrep.OnnxrepError, match="graph output 'odd' has no type and shape "
+                       "inference cannot tell it; declare its element type"):
+        onnxrep.optimize(model)
+    src = tmp_path / "in.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(tmp_path / "out.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"onnxrep: error: {src}: graph output 'odd' has no type")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +353,41 @@ def test_custom_domain_lookalikes_and_unknown_ops_pass_through() -> None:
     onnx.checker.check_model(r.model)
     assert r.model.SerializeToString() == model.SerializeToString()
     assert not r.applied
+
+
+def test_a_sparse_initializer_passes_through_untouched(tmp_path: Path) -> None:
+    """A sparse initializer (read here as the weight of a Conv and as a per-channel shift) is not
+    a constant to any rule: the folds around it happen, it stays byte for byte. onnx's full
+    check cannot type a sparse tensor read by an op, so the plain checker and onnxruntime (which
+    densifies it on load) judge the result."""
+    g = GraphBuilder(seed=17)
+    x = g.input([1, 4, 6, 6], name="x")
+    y = g.bn(g.conv(x, 4, 4, 3), 4)
+    model = g.model([])
+    shift = helper.make_sparse_tensor(numpy_helper.from_array(np.array([1.5, -2.0], np.float32),
+                                                              "shift"),
+                                      numpy_helper.from_array(np.array([0, 3], np.int64)),
+                                      [1, 4, 1, 1])
+    weight = helper.make_sparse_tensor(numpy_helper.from_array(np.array([0.5, 2.0], np.float32),
+                                                               "sparse_w"),
+                                       numpy_helper.from_array(np.array([0, 5], np.int64)),
+                                       [4, 4, 1, 1])
+    model.graph.sparse_initializer.extend([shift, weight])
+    model.graph.node.extend([helper.make_node("Add", [y, "shift"], ["z"], name="add"),
+                             helper.make_node("Conv", ["z", "sparse_w"], ["out"], name="conv")])
+    model.graph.output.append(helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                            [1, 4, 6, 6]))
+    onnx.checker.check_model(model)
+    r = onnxrep.optimize(model)
+    onnx.checker.check_model(r.model)
+    assert r.applied_by_pattern() == {"conv-bn": 1}
+    assert list(r.model.graph.sparse_initializer) == list(model.graph.sparse_initializer)
+    assert op_counts(r.model) == {"Conv": 2, "Add": 1}
+    assert_equivalent(model, r.model)
+    src, out = tmp_path / "sparse.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify", "-q"]) == 0
+    assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +550,108 @@ def test_float16_and_float64_models_keep_their_dtype(dtype: str) -> None:
               (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)]
     assert floats and all(t.data_type == elem for t in floats)
     assert set(r.applied_by_pattern()) >= {"branches", "concat"}
+
+
+def test_an_all_bfloat16_model_is_folded_in_float64_and_rounded_once(tmp_path: Path) -> None:
+    """Conv accepts bfloat16 from opset 22; onnxruntime's CPU provider has no bfloat16 Conv, so
+    parity runs in onnx's reference evaluator. Every new weight is bfloat16 again."""
+    g = GraphBuilder(dtype=ml_dtypes.bfloat16, seed=12, opset=22)
+    model = g.model([_zoo(g, g.input([1, 4, 9, 9], name="x"), 4)])
+    onnx.checker.check_model(model, full_check=True)
+    r = optimized(model, ZOO_OPS, dtype="bfloat16")
+    assert {t.data_type for t in r.model.graph.initializer} == {TensorProto.BFLOAT16}
+    assert set(r.applied_by_pattern()) >= {"branches", "concat"}
+    src, out = tmp_path / "bf16.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify", "-q"]) == 0
+    assert onnx.load(out).SerializeToString() == r.model.SerializeToString()
+
+
+def test_parity_of_a_bfloat16_model_onnxruntime_loads() -> None:
+    """onnxruntime has bfloat16 Concat but its Python API takes no bfloat16 array: parity runs
+    in the reference evaluator."""
+    g = GraphBuilder(dtype=ml_dtypes.bfloat16, seed=21, opset=22)
+    x = g.input([1, 4, 3, 3], name="x")
+    model = g.model([g.node("Concat", [x, x], axis=1)])
+    cmp = onnxrep.compare(model, model)
+    assert cmp.ok and cmp.level == "onnx.reference" and cmp.outputs[0].dtype == "bfloat16"
+
+
+def test_float8_weights_are_left_as_they_are() -> None:
+    """float8 weights (read through DequantizeLinear) are not folded: rounded to 8 bits, a fold
+    is rarely exact. The Q/DQ graph keeps its structure and its float8 tensors byte for byte."""
+    rng = np.random.default_rng(0)
+    f8 = ml_dtypes.float8_e4m3fn
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(f8), "w8"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.zeros((), f8), "zp")]
+    inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), f"bn{i}")
+              for i in range(4)]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w8", "s", "zp"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "bn0", "bn1", "bn2", "bn3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    r = optimized(model, {"QuantizeLinear": 1, "DequantizeLinear": 2, "Conv": 1,
+                          "BatchNormalization": 1})
+    assert _inits(r.model)["w8"] == _inits(model)["w8"]
+    assert not r.applied
+
+
+def test_float8_constants_are_refused_naming_the_dtype() -> None:
+    from onnxrep.graph import fold_refusal, is_float
+
+    assert is_float(ml_dtypes.bfloat16) and is_float(np.float16)
+    assert not is_float(ml_dtypes.float8_e5m2)
+    reason = str(fold_refusal("the weight of Conv 'c'", ml_dtypes.float8_e5m2))
+    assert "float8_e5m2" in reason and "8 bits" in reason
+
+
+def _ir3_model() -> onnx.ModelProto:
+    """An opset 7 export (IR 3): every initializer is also listed as a graph input; a
+    BatchNormalization with the ``spatial=1`` attribute opset 7 still has."""
+    rng = np.random.default_rng(16)
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")]
+    inits += [numpy_helper.from_array(p.astype(np.float32), name) for p, name in (
+        (rng.uniform(0.5, 1.5, 4), "gamma"), (rng.standard_normal(4), "beta"),
+        (rng.standard_normal(4), "mean"), (rng.uniform(0.5, 1.5, 4), "var"))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1] * 4),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"],
+                         name="bn", epsilon=1e-3, spatial=1),
+        helper.make_node("Relu", ["bn"], ["y"], name="relu"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", f, [1, 4, 8, 8])] + [
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "ir3", inputs, [helper.make_tensor_value_info(
+        "y", f, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    return model
+
+
+def test_an_ir3_opset7_model_lists_every_new_initializer_as_an_input() -> None:
+    model = _ir3_model()
+    onnx.checker.check_model(model, full_check=True)
+    r = optimized(model, {"Conv": 1, "Relu": 1})
+    assert r.applied_by_pattern() == {"conv-bn": 1}
+    assert (r.model.ir_version, r.model.opset_import) == (3, model.opset_import)
+    g = r.model.graph
+    inits = [t.name for t in g.initializer]
+    assert [v.name for v in g.input] == ["x", *inits]  # no input left for a folded-away weight
+    for v, t in zip(g.input[1:], g.initializer, strict=True):
+        assert v.type.tensor_type.elem_type == t.data_type
+        assert [d.dim_value for d in v.type.tensor_type.shape.dim] == list(t.dims)
+    again = onnxrep.optimize(r.model)
+    assert again.model.SerializeToString() == r.model.SerializeToString()
+    in_place = onnxrep.optimize(_ir3_model(), in_place=True)  # edits the input's own lists
+    assert in_place.model.SerializeToString() == r.model.SerializeToString()
 
 
 @pytest.mark.parametrize("opset", range(11, onnx.defs.onnx_opset_version() + 1))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import is_constant
+from onnxrep.graph import SparseInitializer, is_constant
 from onnxrep.passes.channelwise import BINARY_OPS, binary_affine, constant_operand
 from onnxrep.passes.regions import LAST, NC, Candidate, RegionContext, rule
 from onnxrep.refusal import Refused
@@ -27,6 +27,11 @@ FAMILY = "conv-affine"
 def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     found = constant_operand(node)
     if found is None:
+        sparse = [t.name for t in node.inputs if isinstance(t, SparseInitializer)]
+        if sparse:
+            ctx.note(node, FAMILY, f"{sparse[0]!r} is a sparse initializer (passed through "
+                     "as it is, never folded)")
+            return []
         if node.op in ("Mul", "Div") and len(node.inputs) == 2:
             for mine, other in ((0, 1), (1, 0)):
                 scale = node.inputs[other]

@@ -30,7 +30,7 @@ from onnx import helper
 
 from onnxrep import interpret
 from onnxrep import numerics as nx
-from onnxrep.graph import constant, is_constant
+from onnxrep.graph import constant, is_constant, is_float
 from onnxrep.passes.regions import Candidate, RegionContext, rule
 from onnxrep.refusal import Refused
 
@@ -202,4 +202,4 @@ def border_fill_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
 
 def _tolerance(dtype: np.dtype) -> float:
     """How close a fill value must be to the map's bias: the exporter computed it in ``dtype``."""
-    return 64 * float(np.finfo(dtype).eps) if np.dtype(dtype).kind == "f" else 0.0
+    return 64 * float(np.finfo(dtype).eps) if is_float(dtype) else 0.0

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import attributes, constant, is_constant
+from onnxrep.graph import attributes, constant, fold_refusal, is_constant, is_float
 from onnxrep.refusal import Refused
 
 BN_ATTRS = {
@@ -61,8 +61,8 @@ def per_channel(tensor: gs.Constant, rank: int, channels: int | None,
         raise Refused(f"a constant of shape {list(shape)} is not {where}")
     if full[axis] != 1 and channels is not None and full[axis] != channels:
         raise Refused(f"a constant of {full[axis]} values for {channels} channels")
-    if np.dtype(tensor.dtype).kind != "f":
-        raise Refused(f"a {np.dtype(tensor.dtype)} constant")
+    if not is_float(tensor.dtype):
+        raise fold_refusal(f"constant {tensor.name!r}", tensor.dtype)
     return np.asarray(constant(tensor), dtype=np.float64).reshape(-1)
 
 

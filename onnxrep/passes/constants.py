@@ -19,9 +19,11 @@ a layer's weight: everything that computes a Conv, ConvTranspose or Gemm weight 
 MatMul operand or a normalization's parameters is folded whatever its size, since the model
 stores that weight anyway and its generating graph goes.
 
-Left alone: nodes outside the default domain, nodes with subgraphs (If/Loop/Scan) and what
-they read, graph outputs (they keep their nodes), initializers that are also graph inputs (a
-caller may override them), and nodes the evaluator cannot run (they run at run time).
+Left alone: nodes outside the default domain, nodes that read or write bfloat16, float8 or
+4-bit tensors (numpy has no arithmetic of its own for them), nodes with subgraphs
+(If/Loop/Scan) and what they read, random draws, graph outputs (they keep their nodes),
+initializers that are also graph inputs (a caller may override them), and nodes the
+evaluator cannot run (they run at run time).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ RANDOM = frozenset({"RandomNormalLike", "RandomUniformLike", "Multinomial", "Ber
                     "Dropout"})
 """Ops that draw random numbers (Dropout does when training): a new draw at every run."""
 SHAPE_READERS = ("Shape", "Size", "CastLike")
+PLAIN = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BOOL, onnx.TensorProto.STRING, onnx.TensorProto.INT8, onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+})
+"""Element types constant folding computes in numpy."""
 """Ops that fold from what shape inference knows of a variable (its shape, its type)."""
 
 
@@ -111,6 +120,8 @@ class _Round:
         nodes = list(g.node)
         for i, node in enumerate(nodes):
             if node.domain not in ("", "ai.onnx") or any(o in outputs for o in node.output):
+                continue
+            if _exotic(node, shapes, self.initializers):
                 continue
             weight = any(o in makers for o in node.output)
             if not weight and _huge(node, shapes):
@@ -308,6 +319,17 @@ def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
                 names.update(x for s in sub.node for x in s.input)
                 names.update(_subgraph_reads(list(sub.node)))
     return names
+
+
+def _exotic(node: onnx.NodeProto, shapes: ShapeInfo,
+            initializers: dict[str, onnx.TensorProto]) -> bool:
+    """The node reads or writes a type numpy has no arithmetic of its own for (bfloat16,
+    float8, float4, int4): such weights stay as the exporter computes them."""
+    for name in (*node.input, *node.output):
+        elem = initializers[name].data_type if name in initializers else shapes.dtypes.get(name)
+        if elem and elem not in PLAIN:
+            return True
+    return False
 
 
 def _huge(node: onnx.NodeProto, shapes: ShapeInfo) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import ShapeInfo, attributes, constant, is_constant
+from onnxrep.graph import ShapeInfo, attributes, constant, fold_refusal, is_constant, is_float
 from onnxrep.passes.chains import Layer, fold_chains
 from onnxrep.refusal import Refused
 from onnxrep.result import Fold, Skip
@@ -37,8 +37,8 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
     has_b = len(node.inputs) > 2 and bool(node.inputs[2].name)
     if not is_constant(weight) or (has_b and not is_constant(node.inputs[2])):
         raise Refused(f"ConvTranspose {node.name!r} has weights that are not constants")
-    if np.dtype(weight.dtype).kind != "f":
-        raise Refused(f"ConvTranspose {node.name!r} has a {np.dtype(weight.dtype)} weight")
+    if not is_float(weight.dtype):
+        raise fold_refusal(f"the weight of ConvTranspose {node.name!r}", weight.dtype)
     g = int(attrs["group"])
     shape = tuple(weight.shape)
     kept = dict(node.attrs)

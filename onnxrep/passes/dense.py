@@ -36,7 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
-from onnxrep.graph import attributes, constant, is_constant
+from onnxrep.graph import attributes, constant, fold_refusal, is_constant, is_float
 from onnxrep.passes.regions import LAST, NC, TRANSPOSED, Candidate, RegionContext, rule
 from onnxrep.refusal import Refused
 
@@ -52,8 +52,8 @@ def _lazy(t: gs.Tensor) -> nx.Lazy:
 def _float_constant(t: gs.Tensor | None, node: gs.Node, what: str) -> None:
     if not is_constant(t):
         raise Refused(f"{node.op} {node.name!r} has a {what} that is not a constant")
-    if np.dtype(t.dtype).kind != "f":
-        raise Refused(f"{node.op} {node.name!r} has a {np.dtype(t.dtype)} {what}")
+    if not is_float(t.dtype):
+        raise fold_refusal(f"the {what} of {node.op} {node.name!r}", t.dtype)
 
 
 def gemm_map(node: gs.Node) -> tuple[nx.ConvMap, str]:

@@ -32,8 +32,10 @@ from onnxrep.graph import (
     ShapeInfo,
     attributes,
     constant,
+    fold_refusal,
     is_constant,
     is_default_domain,
+    is_float,
     shared_reason,
     splice,
 )
@@ -314,8 +316,8 @@ def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
     if has_bias and not is_constant(node.inputs[2]):
         raise Refused(f"Conv {node.name!r} has a bias that is not a constant")
-    if np.dtype(weight.dtype).kind != "f":
-        raise Refused(f"Conv {node.name!r} has a {np.dtype(weight.dtype)} weight")
+    if not is_float(weight.dtype):
+        raise fold_refusal(f"the weight of Conv {node.name!r}", weight.dtype)
     shape = tuple(int(d) for d in weight.shape)
     r = len(shape) - 2
     kernel = tuple(int(k) for k in (attrs["kernel_shape"] or shape[2:]))
