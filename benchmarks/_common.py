@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import multiprocessing
 import os
 import platform
 import re
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,19 @@ def repvgg_stack(channels: int, blocks: int, size: int = 8, seed: int = 0) -> An
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def save_repvgg_stack(path: str, channels: int, blocks: int) -> None:
+    """``repvgg_stack(channels, blocks)`` written to ``path`` (run it through :func:`spawn`)."""
+    import onnx
+
+    onnx.save_model(repvgg_stack(channels, blocks), path)
+
+
+def spawn(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a fresh process, whose memory goes back to the system when it exits."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
 
 
 def fmt_bytes(n: float | None) -> str:

@@ -18,6 +18,7 @@ one Conv when exact and no costlier, and one Add per remaining term rebuilds the
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
 import onnx_graphsurgeon as gs
@@ -78,7 +79,9 @@ SUMS = ("Add", "Sub", "Sum")
 
 
 @partial_rule(FAMILY, *SUMS)
-def partial_sum_rule(node: gs.Node, ctx: RegionContext, absorbed: set[int]) -> Partial | None:
+def partial_sum_rule(
+    node: gs.Node, ctx: RegionContext, absorbed: AbstractSet[int]
+) -> Partial | None:
     """Merge the terms of a sum that share a source, keeping one Add per other term."""
     if not _plain_sum(node):
         return None
@@ -109,7 +112,7 @@ def _plain_sum(node: gs.Node) -> bool:
             and all(isinstance(t, gs.Variable) for t in node.inputs))
 
 
-def _flatten(node: gs.Node, sign: float, ctx: RegionContext, absorbed: set[int],
+def _flatten(node: gs.Node, sign: float, ctx: RegionContext, absorbed: AbstractSet[int],
              terms: list[tuple[float, gs.Tensor]], tree: list[gs.Node]) -> None:
     """The signed terms of the sum tree under ``node``: inner sums that only feed it are
     opened up (and listed in ``tree``)."""

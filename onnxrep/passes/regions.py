@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -179,7 +180,7 @@ class Partial:
     tree: tuple[gs.Node, ...]
 
 
-PartialRule = Callable[[gs.Node, "RegionContext", set[int]], "Partial | None"]
+PartialRule = Callable[[gs.Node, "RegionContext", AbstractSet[int]], "Partial | None"]
 PARTIAL_RULES: dict[str, list[tuple[str, PartialRule]]] = {}
 
 
@@ -409,7 +410,7 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
             continue
         best = _choose(candidates, absorbed, node, ctx) if candidates else None
         if best is None:
-            partial = _partial(node, ctx, set(absorbed))
+            partial = _partial(node, ctx, absorbed.keys())
             if partial is not None:
                 news = _emit_partial(t, partial, names, ctx)
                 if news is not None:
@@ -474,7 +475,9 @@ def _explain_the_rest(graph: gs.Graph, ctx: RegionContext, absorbed: dict[int, g
         ctx.note(node, family, reason if ctx.enabled(family) else f"--skip {family} was given")
 
 
-def _partial(node: gs.Node, ctx: RegionContext, absorbed: set[int]) -> Partial | None:
+def _partial(
+    node: gs.Node, ctx: RegionContext, absorbed: AbstractSet[int]
+) -> Partial | None:
     for family, fn in PARTIAL_RULES.get(node.op, []):
         if ctx.enabled(family):
             found = fn(node, ctx, absorbed)
