@@ -103,6 +103,17 @@ def test_bench_in_openvino(openvino, model_path: Path, optimized_path: Path, cap
     assert "latency    openvino " in capsys.readouterr().out
 
 
+def test_openvino_session_settings(openvino, model_path: Path) -> None:
+    from onnxrep.verify import session
+
+    compiled = session(model_path, runtime="openvino", threads=2,
+                       precision="f32")._request.get_compiled_model()
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert compiled.get_property("NUM_STREAMS") == 1
+    assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+
+
 def test_check_in_openvino_exit_codes(openvino, model_path: Path, tmp_path: Path,
                                       capsys) -> None:
     assert main(["check", str(model_path), *OV, *FAST]) == EXIT_OK
