@@ -33,11 +33,18 @@ class Unevaluable(RuntimeError):
 Impl = Callable[[list[np.ndarray | None], dict[str, Any], int], list[np.ndarray]]
 
 
+_INT, _INTS = onnx.AttributeProto.INT, onnx.AttributeProto.INTS
+
+
 def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
     """The node's attributes as Python values (tensors as numpy arrays)."""
     out: dict[str, Any] = {}
     for a in node.attribute:
-        if a.type == onnx.AttributeProto.TENSOR:
+        if a.type == _INT:
+            out[a.name] = a.i
+        elif a.type == _INTS:
+            out[a.name] = list(a.ints)
+        elif a.type == onnx.AttributeProto.TENSOR:
             out[a.name] = numpy_helper.to_array(a.t)
         elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise Unevaluable(f"{node.op_type} has a subgraph")
@@ -417,8 +424,13 @@ def _scatter_nd(x: list[np.ndarray | None], attrs: dict[str, Any],
     flat = indices.reshape(-1, k)
     flat = np.where(flat < 0, flat + np.array(data.shape[:k]), flat)
     rows = updates.reshape((flat.shape[0], *data.shape[k:]))
-    for i in range(flat.shape[0]):  # in order: a later update of the same index wins
-        out[tuple(flat[i])] = rows[i]
+    if not flat.size:
+        return [out]
+    linear = np.ravel_multi_index(tuple(flat.T), data.shape[:k])
+    # in order, a later update of the same index wins: keep each index's last update
+    _, last = np.unique(linear[::-1], return_index=True)
+    last = len(linear) - 1 - last
+    out.reshape((-1, *data.shape[k:]))[linear[last]] = rows[last]
     return [out]
 
 

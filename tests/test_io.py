@@ -503,10 +503,14 @@ def test_failing_rename_leaves_the_old_output(tmp_path: Path, monkeypatch, exter
 def test_failure_while_writing_leaves_no_temp(tmp_path: Path, monkeypatch, error) -> None:
     out, before = _existing_output(tmp_path)
 
-    def fail(fd: int) -> None:
+    real = io.serialize_chunks
+
+    def fail(model: onnx.ModelProto):  # the first chunk is written, then the error
+        chunks = real(model)
+        yield next(chunks)
         raise error
 
-    monkeypatch.setattr(io.os, "fsync", fail)
+    monkeypatch.setattr(io, "serialize_chunks", fail)
     with pytest.raises(OnnxrepError if isinstance(error, OSError) else KeyboardInterrupt):
         io.save(big_weight_model(), out, external=True)
     monkeypatch.undo()

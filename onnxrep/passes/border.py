@@ -147,14 +147,15 @@ def border_fill(
     border[interior] = False
     if not border.any() or np.any(out[border] >= 0):
         return None
-    fill = np.zeros(shape[1])
-    for c in range(shape[1]):
-        ids = np.unique(out[:, c][border[:, c]])
-        channel = {values[int(i)] for i in ids}
-        if len(channel) != 1:
-            return None
-        fill[c] = channel.pop()
-    return begin + ends, fill
+    lookup = np.full(-min(values) if values else 0, np.nan)  # tag -1 - i holds lookup[i]
+    for tag, value in values.items():
+        lookup[-1 - tag] = value
+    by_channel = np.moveaxis(out, 1, 0).reshape(shape[1], -1)
+    ring = np.moveaxis(border, 1, 0).reshape(shape[1], -1)[0]  # the same for every channel
+    held = lookup[-1 - by_channel[:, ring]]  # [channels, border cells]
+    if not np.all(held == held[:, :1]):  # one value per channel (NaN: none)
+        return None
+    return begin + ends, held[:, 0].copy()
 
 
 @rule(FAMILY, *ROUTING)

@@ -58,6 +58,12 @@ RANDOM = frozenset({"RandomNormalLike", "RandomUniformLike", "Multinomial", "Ber
                     "Dropout"})
 """Ops that draw random numbers (Dropout does when training): a new draw at every run."""
 SHAPE_READERS = ("Shape", "Size", "CastLike")
+BOUNDED = frozenset({
+    "Constant", "Shape", "Size", "Cast", "CastLike", "Reshape", "Transpose", "Squeeze",
+    "Unsqueeze", "Flatten", "Identity", "Slice", "Concat", "Split", "Neg", "Abs", "Not",
+    "Floor", "Ceil", "Sqrt", "Reciprocal",
+})
+"""Ops whose result is never larger than what they read (no size pre-check needed)."""
 PLAIN = frozenset({
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
     onnx.TensorProto.BOOL, onnx.TensorProto.STRING, onnx.TensorProto.INT8, onnx.TensorProto.INT16,
@@ -115,24 +121,13 @@ class _Round:
         self.wide: dict[str, np.ndarray] = {}
         """float64 values of float32/float16 ones that a weight's generating graph computed."""
         self.folded: list[int] = []
+        self.shapes = shapes.shapes
+        """Static shapes: what inference knew, and what this scan learns (copied on write)."""
+        self._learned = False
         outputs = {v.name for v in g.output}
-        makers = _weight_makers(g)
         nodes = list(g.node)
-        for i, node in enumerate(nodes):
-            if node.domain not in ("", "ai.onnx") or any(o in outputs for o in node.output):
-                continue
-            if _exotic(node, shapes, self.initializers):
-                continue
-            weight = any(o in makers for o in node.output)
-            if not weight and _huge(node, shapes):
-                continue
-            result = self._widened(node, opset) if weight else None
-            if result is None:
-                result = self._evaluate(node, shapes, opset)
-            if result is None or (not weight and self._grows(node, result)):
-                continue
-            self.values.update((o, v) for o, v in zip(node.output, result, strict=False) if o)
-            self.folded.append(i)
+        with np.errstate(all="ignore"):  # run time would compute the same Inf or NaN
+            self._scan(nodes, shapes, opset, outputs)
         dead = _dead(nodes, set(self.folded), outputs)  # what only folded shapes read
         self.folded = sorted(set(self.folded) | dead)
         folded = set(self.folded)
@@ -141,6 +136,27 @@ class _Round:
             self.kept)
         self.frontier = {name: v for name, v in self.values.items()
                          if name in self.read and name not in self.initializers}
+
+    def _scan(self, nodes: list[onnx.NodeProto], shapes: ShapeInfo, opset: int,
+              outputs: set[str]) -> None:
+        makers = _weight_makers(self.source)
+        exotic = {name for name, elem in shapes.dtypes.items() if elem not in PLAIN}
+        for i, node in enumerate(nodes):
+            if node.domain not in ("", "ai.onnx") or not outputs.isdisjoint(node.output):
+                continue
+            if exotic and not (exotic.isdisjoint(node.input) and exotic.isdisjoint(node.output)):
+                continue
+            weight = not makers.isdisjoint(node.output)
+            if not weight and node.op_type not in BOUNDED and _huge(node, shapes):
+                continue
+            result = self._widened(node, opset) if weight else None
+            if result is None:
+                result = self._evaluate(node, shapes, opset)
+            if result is None or (not weight and self._grows(node, result)):
+                self._infer(node, shapes, opset)
+                continue
+            self.values.update((o, v) for o, v in zip(node.output, result, strict=False) if o)
+            self.folded.append(i)
 
     def _constant(self, name: str) -> np.ndarray | None:
         if name in self.values:
@@ -158,7 +174,7 @@ class _Round:
         if node.op_type in ("Shape", "Size") and node.input and node.input[0] not in (
             self.values
         ) and node.input[0] not in self.initializers:
-            shape = shapes.shapes.get(node.input[0])
+            shape = self.shapes.get(node.input[0])
             if shape is None or any(d is None for d in shape):
                 return None
             probe = np.lib.stride_tricks.as_strided(  # its shape, and no memory behind it
@@ -170,7 +186,11 @@ class _Round:
                 return None
             like = np.empty(0, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
             return self._run(node, [value, like], opset)
-        if (not node.input and node.op_type != "Constant") or node.op_type in RANDOM:
+        if node.op_type == "Constant":
+            value = _constant_attribute(node)
+            if value is not None:
+                return [value]
+        elif not node.input or node.op_type in RANDOM:
             return None  # a generator or a random draw is no constant
         values = []
         for name in node.input:
@@ -179,6 +199,39 @@ class _Round:
                 return None
             values.append(value)
         return self._run(node, values, opset)
+
+    def _infer(self, node: onnx.NodeProto, shapes: ShapeInfo, opset: int) -> None:
+        """Learn the static shapes of a node that stays, where inference did not know them
+        but can now: a Pad whose pads were computed, a Reshape of a folded shape. Shapes
+        read downstream (a Shape of its output) then fold in this same scan."""
+        if all(_static(self.shapes.get(o)) for o in node.output if o):
+            return
+        types, data = {}, {}
+        for name in node.input:
+            if not name:
+                continue
+            value = self.values.get(name)
+            shape = value.shape if value is not None else self.shapes.get(name)
+            elem = shapes.dtypes.get(name)
+            if not _static(shape) or not elem:
+                return
+            types[name] = onnx.helper.make_tensor_type_proto(elem, shape)
+            if value is not None and value.dtype.kind in "iu" and value.size <= 64:
+                data[name] = numpy_helper.from_array(value, name)
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+            inferred = onnx.shape_inference.infer_node_outputs(
+                schema, node, types, data,
+                opset_imports=[onnx.helper.make_opsetid("", opset)])
+        except Exception:  # inference is advisory: without it the Shape stays
+            return
+        for name, tp in inferred.items():
+            tt = tp.tensor_type
+            if name and tt.HasField("shape") and all(d.HasField("dim_value")
+                                                     for d in tt.shape.dim):
+                if not self._learned:
+                    self.shapes, self._learned = dict(self.shapes), True
+                self.shapes[name] = tuple(d.dim_value for d in tt.shape.dim)
 
     def _widened(self, node: onnx.NodeProto, opset: int) -> list[np.ndarray] | None:
         """The outputs of a node that computes a float32 or float16 weight, computed in
@@ -213,8 +266,7 @@ class _Round:
     def _run(node: onnx.NodeProto, values: list[np.ndarray | None],
              opset: int) -> list[np.ndarray] | None:
         try:
-            with np.errstate(all="ignore"):
-                return interpret.run(node, values, opset)
+            return interpret.run(node, values, opset)
         except (interpret.Unevaluable, ValueError, TypeError, IndexError, OverflowError):
             return None  # left to run time
 
@@ -296,17 +348,28 @@ def _copy_without_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _weight_makers(g: onnx.GraphProto) -> set[str]:
-    """The tensors computed on the way to a layer's weight slot."""
-    producer = {o: n for n in g.node for o in n.output if o}
-    stack = [n.input[i] for n in g.node for i in WEIGHT_SLOTS.get(n.op_type, ())
-             if i < len(n.input) and n.input[i]]
+    """The tensors computed from constants only on the way to a layer's weight slot (a
+    MatMul's or Gemm's activation operand is no weight, so what computes it is none)."""
+    producer: dict[str, onnx.NodeProto] = {}
+    derived = {"", *(t.name for t in g.initializer)}  # "": an omitted optional input
+    stack = []
+    for n in g.node:  # topological: constants, and shapes of anything
+        outputs = n.output
+        for o in outputs:
+            producer[o] = n
+        if n.op_type in ("Shape", "Size") or derived.issuperset(n.input):
+            derived.update(outputs)
+        slots = WEIGHT_SLOTS.get(n.op_type)
+        if slots:
+            stack.extend(n.input[i] for i in slots if i < len(n.input))
+    derived.discard("")
     makers: set[str] = set()
     while stack:
         name = stack.pop()
-        if name in makers or name not in producer:
+        if name in makers or name not in derived or name not in producer:
             continue
         makers.add(name)
-        stack.extend(x for x in producer[name].input if x)
+        stack.extend(producer[name].input)
     return makers
 
 
@@ -321,15 +384,15 @@ def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
     return names
 
 
-def _exotic(node: onnx.NodeProto, shapes: ShapeInfo,
-            initializers: dict[str, onnx.TensorProto]) -> bool:
-    """The node reads or writes a type numpy has no arithmetic of its own for (bfloat16,
-    float8, float4, int4): such weights stay as the exporter computes them."""
-    for name in (*node.input, *node.output):
-        elem = initializers[name].data_type if name in initializers else shapes.dtypes.get(name)
-        if elem and elem not in PLAIN:
-            return True
-    return False
+def _constant_attribute(node: onnx.NodeProto) -> np.ndarray | None:
+    """The tensor of a Constant given as ``value`` (the usual form; None for the others)."""
+    if len(node.attribute) == 1 and node.attribute[0].name == "value":
+        return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def _static(shape: tuple[int | None, ...] | None) -> bool:
+    return shape is not None and all(d is not None for d in shape)
 
 
 def _huge(node: onnx.NodeProto, shapes: ShapeInfo) -> bool:

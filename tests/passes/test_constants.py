@@ -63,6 +63,16 @@ def test_a_fold_that_grows_the_model_is_left_to_run_time() -> None:
     assert r.after.bytes < 1 << 20
 
 
+def test_a_large_expand_on_the_way_to_a_matmul_activation_is_no_weight() -> None:
+    """What feeds a MatMul's activation operand is no weight: the size rule applies."""
+    b = GraphBuilder(seed=27)
+    x = b.input([1, 64, 256, 256])
+    full = b.node("Expand", [b.init(np.array([0.5])), b.init(np.array([1, 64, 256, 256]))])
+    h = b.node("MatMul", [b.node("Add", [x, full]), b.init(b.rng.standard_normal((256, 8)))])
+    r = optimized(b.model([h]), {"Expand": 1, "Add": 1, "MatMul": 1})
+    assert r.after.bytes < 1 << 20
+
+
 def test_a_small_expand_still_folds() -> None:
     b = GraphBuilder(seed=23)
     x = b.input([1, 8, 4, 4])
