@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 DISTRIBUTIONS = (
     "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy", "torch", "onnxscript", "onnxsim",
-    "onnxslim", "onnxrep",
+    "onnxslim", "openvino", "onnxrep",
 )
 
 

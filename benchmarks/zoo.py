@@ -2,7 +2,7 @@
 
     python benchmarks/zoo.py [--nets a,b] [--forms x,y] [--runs 300] [--warmup 30]
                              [--threads 1,0] [--opt-repeats 3] [--quick] [--out DIR]
-                             [--json FILE] [--markdown FILE]
+                             [--json FILE] [--markdown FILE] [--runtime openvino]
 
 For every network of ``models.nets.NETWORKS`` and every export form of ``models.export.FORMS``
 the training form and the hand-written deploy form (``switch_to_deploy``, same weights, same
@@ -41,6 +41,16 @@ on the in-memory ModelProto (best of ``--opt-repeats``; loading and saving exclu
 The acceptance ratio is ``p50(onnxrep) / p50(deploy)`` of the paired run at 1 thread: it should
 be at most ``--max-ratio`` (1.03) on every network; rows above are flagged with ``!``. Exit
 code 0 when every row meets it, 1 otherwise, 2 on a usage error.
+
+With ``--runtime openvino`` (``pip install "onnxrep[openvino]"``) only ``train`` (the input),
+``onnxrep`` (the optimized model) and ``deploy`` are made, and they are timed in OpenVINO's CPU
+plugin (one stream, the LATENCY hint, ``--threads`` as ``INFERENCE_NUM_THREADS``, its default
+inference precision, as deployed): one three-way interleaved run, then two paired runs (ABBA),
+``deploy`` against ``onnxrep`` and ``train`` against ``onnxrep``. Errors against torch are
+those of OpenVINO at f32 inference precision. A row meets the bar when, at 1 thread,
+``p50(onnxrep) / p50(deploy)`` is at most ``--max-ratio`` (1.02 here) and
+``p50(onnxrep) / p50(train)`` at most ``--max-input-ratio`` (1.00). The record goes to
+``zoo-openvino.json`` unless ``--json``; its Markdown is the OpenVINO table of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -64,7 +74,11 @@ VARIANTS = ("train", "ort", "onnxsim", "onnxslim", "onnxrep", "deploy")
 OPTIMIZERS = ("onnxsim", "onnxslim", "onnxrep")
 TIMING_ORDER = ("onnxrep", "train", "ort", "deploy", "onnxsim", "onnxslim")
 """The order of the first round: both onnxrep and deploy follow a training-form variant."""
+OPENVINO_VARIANTS = ("train", "onnxrep", "deploy")
+"""What ``--runtime openvino`` makes and times: the input, the optimized model, the deploy form."""
 MAX_RATIO = 1.03
+OPENVINO_MAX_RATIO = 1.02
+OPENVINO_MAX_INPUT_RATIO = 1.00
 
 
 def _silent(fn: Callable[[], Any]) -> Any:
@@ -91,23 +105,28 @@ def _silent(fn: Callable[[], Any]) -> Any:
             os.close(fd)
 
 
-def _optimizers() -> dict[str, Callable[[Any], Any]]:
-    import onnxsim
-    import onnxslim
-
+def _optimizers(names: Sequence[str] = OPTIMIZERS) -> dict[str, Callable[[Any], Any]]:
+    """The optimizers of ``names`` (onnxsim and onnxslim are imported only when asked for)."""
     import onnxrep
 
-    def simplify(model: Any) -> Any:
-        simplified, ok = onnxsim.simplify(model)
-        if not ok:
-            raise RuntimeError("onnxsim.simplify reports that its check failed")
-        return simplified
+    found: dict[str, Callable[[Any], Any]] = {}
+    if "onnxsim" in names:
+        import onnxsim
 
-    return {
-        "onnxsim": simplify,
-        "onnxslim": lambda model: onnxslim.slim(model),
-        "onnxrep": lambda model: onnxrep.optimize(model).model,
-    }
+        def simplify(model: Any) -> Any:
+            simplified, ok = onnxsim.simplify(model)
+            if not ok:
+                raise RuntimeError("onnxsim.simplify reports that its check failed")
+            return simplified
+
+        found["onnxsim"] = simplify
+    if "onnxslim" in names:
+        import onnxslim
+
+        found["onnxslim"] = lambda model: onnxslim.slim(model)
+    if "onnxrep" in names:
+        found["onnxrep"] = lambda model: onnxrep.optimize(model).model
+    return found
 
 
 def ort_optimized(src: Path, dst: Path) -> None:
@@ -122,13 +141,15 @@ def ort_optimized(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
 
 
-def max_error(path: Path, x: Any, reference: Any) -> float:
-    """Max abs difference between ``path`` run in onnxruntime (``disable_all``) and torch."""
+def max_error(path: Path, x: Any, reference: Any, runtime: str = "onnxruntime") -> float:
+    """Max abs difference between ``path`` run in ``runtime`` (onnxruntime at ``disable_all``,
+    OpenVINO at f32 inference precision) and torch."""
     import numpy as np
 
-    from onnxrep.verify import session
+    from onnxrep.verify import PARITY_PRECISION, session
 
-    sess = session(path, level="disable_all", threads=1)
+    sess = session(path, runtime=runtime, level="disable_all", threads=1,
+                   precision=PARITY_PRECISION)
     (out,) = sess.run(None, {sess.get_inputs()[0].name: x})
     return float(np.abs(out.astype(np.float64) - reference.astype(np.float64)).max())
 
@@ -143,21 +164,24 @@ def run_model(
     import onnxrep
     from models.export import export
 
+    openvino = args.runtime == "openvino"
+    variants = OPENVINO_VARIANTS if openvino else VARIANTS
     row: dict[str, Any] = {"net": name, "form": form, "variants": {}, "errors": {}}
     paths: dict[str, Path] = {}
     paths["train"] = export(net, shape, folder / f"{name}.{form}.onnx", form)
     paths["deploy"] = export(net, shape, folder / f"{name}.deploy.{form}.onnx", form, deploy=True)
     train = onnx.load(str(paths["train"]))
 
-    try:
-        paths["ort"] = folder / f"{name}.{form}.ort.onnx"
-        ort_optimized(paths["train"], paths["ort"])
-    except Exception as e:
-        row["errors"]["ort"] = _one_line(e)
-        paths.pop("ort", None)
+    if "ort" in variants:
+        try:
+            paths["ort"] = folder / f"{name}.{form}.ort.onnx"
+            ort_optimized(paths["train"], paths["ort"])
+        except Exception as e:
+            row["errors"]["ort"] = _one_line(e)
+            paths.pop("ort", None)
 
     seconds: dict[str, float] = {}
-    for label, optimize in _optimizers().items():
+    for label, optimize in _optimizers([v for v in OPTIMIZERS if v in variants]).items():
         try:
             best, result = float("inf"), None
             for _ in range(args.opt_repeats):
@@ -180,7 +204,7 @@ def run_model(
             continue
         info: dict[str, Any] = _common.counts(onnx.load(str(paths[label])))
         try:
-            info["max_abs_err"] = max_error(paths[label], x, reference)
+            info["max_abs_err"] = max_error(paths[label], x, reference, args.runtime)
         except Exception as e:
             info["max_abs_err"] = None
             row["errors"][f"{label} (run)"] = _one_line(e)
@@ -192,25 +216,32 @@ def run_model(
              if v in paths and row["variants"][v]["max_abs_err"] is not None]
     row["timed"] = timed
     row["latency"], row["paired"] = {}, {}
+    if openvino:
+        row["paired_input"] = {}
     for threads in args.threads:
         bench = onnxrep.benchmark(
             *[paths[v] for v in timed], names=timed, threads=threads,
-            warmup=args.warmup, runs=args.runs, inputs={"input": x},
+            warmup=args.warmup, runs=args.runs, inputs={"input": x}, runtime=args.runtime,
         )
+        if bench.runtime is not None:
+            row.setdefault("runtime", {})[str(threads)] = bench.runtime.to_dict()
         row["latency"][str(threads)] = {
             t.name: {"p50_ms": t.p50, "p90_ms": t.p90, "min_ms": t.min, "mean_ms": t.mean}
             for t in bench.timings
         }
-        if "onnxrep" in timed and "deploy" in timed:
+        pairs = [("deploy", "paired")] + ([("train", "paired_input")] if openvino else [])
+        for base, key in pairs:
+            if "onnxrep" not in timed or base not in timed:
+                continue
             pair = onnxrep.benchmark(
-                paths["deploy"], paths["onnxrep"], names=["deploy", "onnxrep"],
-                threads=threads, warmup=args.warmup, runs=args.runs, inputs={"input": x},
+                paths[base], paths["onnxrep"], names=[base, "onnxrep"], threads=threads,
+                warmup=args.warmup, runs=args.runs, inputs={"input": x}, runtime=args.runtime,
             )
-            deploy, rep = pair.timings
-            row["paired"][str(threads)] = {
-                "deploy_p50_ms": deploy.p50, "onnxrep_p50_ms": rep.p50,
-                "ratio": rep.p50 / deploy.p50,
-                # per-round ratios deploy/onnxrep, inverted: onnxrep/deploy p10..p90
+            first, rep = pair.timings
+            row[key][str(threads)] = {
+                f"{base}_p50_ms": first.p50, "onnxrep_p50_ms": rep.p50,
+                "ratio": rep.p50 / first.p50,
+                # per-round ratios base/onnxrep, inverted: onnxrep/base p10..p90
                 "ratio_p10": 1 / pair.speedup_p90, "ratio_p90": 1 / pair.speedup_p10,
             }
     row["ratios"] = {}
@@ -227,6 +258,12 @@ def run_model(
         "max": args.max_ratio,
         "ok": ratio is not None and ratio <= args.max_ratio,
     }
+    if openvino:
+        input_ratio = row["paired_input"].get("1", {}).get("ratio")
+        row["acceptance"]["input_ratio"] = input_ratio
+        row["acceptance"]["max_input"] = args.max_input_ratio
+        row["acceptance"]["ok"] &= (input_ratio is not None
+                                    and input_ratio <= args.max_input_ratio)
     return row
 
 
@@ -363,6 +400,87 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_openvino(record: dict[str, Any]) -> str:
+    """The OpenVINO table (both paired ratios per network and export form, 1 thread), then the
+    paired and three-way latencies per thread count and the errors against torch."""
+    rows = record["rows"]
+    config = record["config"]
+    threads = config["threads"]
+    forms = config["forms"]
+    runtime = next((r["runtime"][str(t)]["label"] for r in rows for t in threads
+                    if str(t) in r.get("runtime", {})), "openvino")
+    lines = [
+        f"#### OpenVINO ({runtime}): p50(onnxrep) / p50(deploy) and p50(onnxrep) / p50(input), "
+        f"paired runs, 1 thread; goals <= {config['max_ratio']} and "
+        f"<= {config['max_input_ratio']}",
+        "",
+        "| network | " + " | ".join(f"{f} /deploy | {f} /input" for f in forms) + " | ok |",
+        "|---|" + "---:|" * (2 * len(forms)) + ":-:|",
+    ]
+    for net in dict.fromkeys(r["net"] for r in rows):
+        cells, ok = [], True
+        for form in forms:
+            row = next((r for r in rows if r["net"] == net and r["form"] == form), None)
+            acc = row["acceptance"] if row else {}
+            for key, bar in (("ratio", config["max_ratio"]),
+                             ("input_ratio", config["max_input_ratio"])):
+                value = acc.get(key)
+                above = value is not None and value > bar
+                cells.append(_x3(value) + (" !" if above else ""))
+            ok = ok and bool(acc.get("ok"))
+        lines.append(f"| {net} | " + " | ".join(cells) + f" | {'yes' if ok else '**no**'} |")
+    lines.append("")
+
+    lines += [
+        "#### Paired runs in OpenVINO (ABBA): p50 in ms, onnxrep/base with the p10..p90 of its "
+        "per-round ratios",
+        "",
+        "| network | form | threads | deploy | onnxrep | onnxrep/deploy | input | onnxrep "
+        "| onnxrep/input |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for t in threads:
+            cells = []
+            for base, key in (("deploy", "paired"), ("train", "paired_input")):
+                p = r.get(key, {}).get(str(t))
+                cells += ([_ms(p[f"{base}_p50_ms"]), _ms(p["onnxrep_p50_ms"]),
+                           f"{p['ratio']:.3f} ({p['ratio_p10']:.2f}..{p['ratio_p90']:.2f})"]
+                          if p else ["—"] * 3)
+            lines.append(f"| {r['net']} | {r['form']} | {_tlabel(t)} | " + " | ".join(cells)
+                         + " |")
+    lines.append("")
+
+    lines += [
+        "#### Latency p50 in ms in OpenVINO, one three-way interleaved run; nodes / Convs; max "
+        "abs error against torch (OpenVINO at f32)",
+        "",
+        "| network | form | " + " | ".join(
+            f"{v} {_tlabel(t)}" for t in threads for v in OPENVINO_VARIANTS)
+        + " | " + " | ".join(f"{v} nodes" for v in OPENVINO_VARIANTS)
+        + " | err onnxrep | err deploy | err train |",
+        "|---|---|" + "---:|" * (len(threads) * len(OPENVINO_VARIANTS)
+                                 + len(OPENVINO_VARIANTS) + 3),
+    ]
+    for r in rows:
+        v = r["variants"]
+        lat = r["latency"]
+        lines.append(
+            f"| {r['net']} | {r['form']} | "
+            + " | ".join(_ms(lat.get(str(t), {}).get(k, {}).get("p50_ms"))
+                         for t in threads for k in OPENVINO_VARIANTS)
+            + " | " + " | ".join(f"{v[k]['nodes']} / {v[k]['convs']}" if k in v else "—"
+                                 for k in OPENVINO_VARIANTS)
+            + " | " + " | ".join(_err(v.get(k, {}).get("max_abs_err"))
+                                 for k in ("onnxrep", "deploy", "train")) + " |"
+        )
+    errors = [(r["net"], r["form"], k, e) for r in rows for k, e in r["errors"].items()]
+    if errors:
+        lines += ["", "#### Failures", ""]
+        lines += [f"- {n} / {f} / {k}: {e}" for n, f, k, e in errors]
+    return "\n".join(lines) + "\n"
+
+
 def _tlabel(threads: int) -> str:
     return "1 thread" if threads == 1 else ("all threads" if threads == 0
                                             else f"{threads} threads")
@@ -374,6 +492,13 @@ def _x3(value: float | None) -> str:
 
 def _err(value: float | None) -> str:
     return "—" if value is None else f"{value:.1e}"
+
+
+def _markdown(record: dict[str, Any]) -> str:
+    """The tables of ``record``, for the runtime it was timed in."""
+    if record["config"].get("runtime") == "openvino":
+        return markdown_openvino(record)
+    return markdown(record)
 
 
 # ------------------------------------------------------------------------------------- main
@@ -396,14 +521,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=300, help="timed rounds per benchmark")
     parser.add_argument("--warmup", type=int, default=30, help="warm-up rounds per benchmark")
     parser.add_argument("--threads", type=lambda s: [int(t) for t in _csv(s)], default=[1, 0],
-                        help="intra-op thread counts to time (0: onnxruntime default)")
+                        help="thread counts to time (0: the runtime's default)")
     parser.add_argument("--opt-repeats", type=int, default=3,
                         help="optimizer runs per model; the best wall time is kept")
-    parser.add_argument("--max-ratio", type=float, default=MAX_RATIO)
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="time in this runtime; openvino times train, onnxrep and deploy "
+                        "only (pip install \"onnxrep[openvino]\")")
+    parser.add_argument("--max-ratio", type=float,
+                        help=f"bar for p50(onnxrep) / p50(deploy) (default {MAX_RATIO}; "
+                        f"{OPENVINO_MAX_RATIO} with --runtime openvino)")
+    parser.add_argument("--max-input-ratio", type=float, default=OPENVINO_MAX_INPUT_RATIO,
+                        help="with --runtime openvino, bar for p50(onnxrep) / p50(train) "
+                        f"(default {OPENVINO_MAX_INPUT_RATIO})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 20 runs, 3 warm-up, 1 optimizer run")
     parser.add_argument("--out", help="keep the exported and optimized models in this folder")
-    parser.add_argument("--json", default="zoo.json", help="write the record here")
+    parser.add_argument("--json", help="write the record here (default zoo.json, "
+                        "zoo-openvino.json with --runtime openvino)")
     parser.add_argument("--markdown", help="also write the Markdown tables here")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of failures")
     parser.add_argument("--root", metavar="DIR",
@@ -413,8 +547,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print the tables of an earlier record; nothing is run")
     args = parser.parse_args(argv)
     if args.from_json:
-        print(markdown(json.loads(Path(args.from_json).read_text())))
+        print(_markdown(json.loads(Path(args.from_json).read_text())))
         return 0
+    openvino = args.runtime == "openvino"
+    if args.max_ratio is None:
+        args.max_ratio = OPENVINO_MAX_RATIO if openvino else MAX_RATIO
+    if args.json is None:
+        args.json = "zoo-openvino.json" if openvino else "zoo.json"
     if args.quick:
         args.runs, args.warmup, args.opt_repeats = 20, 3, 1
     unknown = [n for n in args.nets if n not in NETWORKS] + [f for f in args.forms
@@ -426,8 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--runs and --opt-repeats must be >= 1, --warmup >= 0")
 
     import onnxrep
-    from onnxrep.verify import quiet_runtime_logs
+    from onnxrep.errors import OnnxrepError
+    from onnxrep.verify import quiet_runtime_logs, require
 
+    try:
+        require(args.runtime)
+    except OnnxrepError as e:
+        parser.error(str(e))
     quiet_runtime_logs()
     record: dict[str, Any] = {
         "machine": _common.machine(),
@@ -438,7 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {
             "nets": args.nets, "forms": args.forms, "runs": args.runs, "warmup": args.warmup,
             "threads": args.threads, "opt_repeats": args.opt_repeats,
-            "max_ratio": args.max_ratio, "level": "all", "error_level": "disable_all",
+            "max_ratio": args.max_ratio, "runtime": args.runtime,
+            **({"max_input_ratio": args.max_input_ratio, "level": None,
+                "error_precision": "f32"} if openvino
+               else {"level": "all", "error_level": "disable_all"}),
         },
         "rows": [],
     }
@@ -455,7 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["seconds"] = time.perf_counter() - t0
                 record["rows"].append(row)
                 acc = row["acceptance"]
-                print(f"{name:>15} {form:<12} onnxrep/deploy {_x3(acc['ratio'])}"
+                also = (f", onnxrep/input {_x3(acc['input_ratio'])}" if openvino else "")
+                print(f"{name:>15} {form:<12} onnxrep/deploy {_x3(acc['ratio'])}{also}"
                       f"{'' if acc['ok'] else ' !'}  ({row['seconds']:.0f} s"
                       f"{'; failures: ' + ', '.join(row['errors']) if row['errors'] else ''})",
                       file=sys.stderr, flush=True)
@@ -467,14 +615,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "above": [f"{r['net']}/{r['form']}" for r in record["rows"]
                   if not r["acceptance"]["ok"]],
     }
+    summary = record["summary"]
+    worst_input = ""
+    if openvino:
+        inputs = [r["acceptance"]["input_ratio"] for r in record["rows"]
+                  if r["acceptance"]["input_ratio"] is not None]
+        summary["worst_input_ratio"] = max(inputs) if inputs else None
+        worst_input = (f"; worst onnxrep/input {_x3(summary['worst_input_ratio'])} "
+                       f"(bar {args.max_input_ratio})")
     Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
-    text = markdown(record)
+    text = _markdown(record)
     if args.markdown:
         Path(args.markdown).write_text(text)
     print(text)
-    summary = record["summary"]
     print(f"worst onnxrep/deploy (1 thread): {_x3(summary['worst_ratio'])}; above "
-          f"{args.max_ratio}: {', '.join(summary['above']) or 'none'}; "
+          f"{args.max_ratio}{worst_input}: {', '.join(summary['above']) or 'none'}; "
           f"{record['seconds']:.0f} s; record in {args.json}")
     return 0 if not summary["above"] else 1
 

@@ -40,7 +40,8 @@ __all__ = [
 
 
 def compare(a: Any, b: Any, **kwargs: Any) -> CompareResult:
-    """Run two models on the same inputs in onnxruntime; see :func:`onnxrep.verify.compare`."""
+    """Run two models on the same inputs (in onnxruntime, or ``runtime="openvino"``); see
+    :func:`onnxrep.verify.compare`."""
     from onnxrep.verify import compare as _compare
 
     return _compare(a, b, **kwargs)

@@ -1,4 +1,4 @@
-"""Latency in onnxruntime: one model, or several interleaved so machine drift hits all alike.
+"""Latency: one model, or several interleaved so machine drift hits all alike.
 
 After ``warmup`` rounds, the models run in rounds of one run each, in the orders of a Williams
 design (a Latin square balanced for carry-over; for two models that is ABBA: A B, B A, …), with
@@ -11,9 +11,11 @@ milliseconds, and for every model after the first its speedup ``p50(first) / p50
 ``BenchResult.speedup`` is that of the second model (the usual input → optimized pair), with
 the spread of its per-round ratios (their p10 and p90) and a 95 % confidence interval of the
 speedup itself (a bootstrap over the rounds, each round keeping its pair of runs): the second
-model is *faster beyond the noise* only when that interval lies above 1. The sessions run at the
-stated onnxruntime optimization level (``all`` by default, as deployed) with ``threads``
-intra-op threads (0 lets onnxruntime choose).
+model is *faster beyond the noise* only when that interval lies above 1. The models run in
+``runtime`` (any of ``verify.RUNTIMES``) with ``threads`` threads (0 lets the runtime choose):
+onnxruntime at the stated optimization level (``all`` by default, as deployed), OpenVINO's CPU
+plugin with one stream, the LATENCY hint and its default inference precision unless
+``precision`` names one (as deployed; the precision used is in ``BenchResult.runtime``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxrep.errors import OnnxrepError, one_line
-from onnxrep.verify import load_inputs, make_feeds, session
+from onnxrep.errors import OnnxrepError
+from onnxrep.verify import (
+    RuntimeInfo,
+    Session,
+    load_inputs,
+    make_feeds,
+    prepare,
+    require,
+    run,
+    session,
+)
 
 __all__ = ["BenchResult", "Timing", "benchmark", "ratio_interval", "round_order"]
 
@@ -53,7 +64,8 @@ class Timing:
 class BenchResult:
     timings: list[Timing]
     threads: int
-    level: str
+    level: str | None
+    """onnxruntime's optimization level; None in another runtime."""
     warmup: int
     runs: int
     inputs: dict[str, list[int]] = field(default_factory=dict)
@@ -63,6 +75,8 @@ class BenchResult:
     speedup_low: float | None = None
     speedup_high: float | None = None
     """The 95 % confidence interval of ``speedup``."""
+    runtime: RuntimeInfo | None = None
+    """The runtime the models ran in, its version and settings."""
 
     @property
     def faster(self) -> bool | None:
@@ -70,7 +84,8 @@ class BenchResult:
         return None if self.speedup_low is None else self.speedup_low > 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "faster": self.faster}
+        runtime = self.runtime.to_dict() if self.runtime is not None else None
+        return {**asdict(self), "runtime": runtime, "faster": self.faster}
 
 
 def ratio_interval(
@@ -129,6 +144,8 @@ def benchmark(
     inputs: Mapping[str, np.ndarray] | str | os.PathLike[str] | None = None,
     names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    runtime: str = "onnxruntime",
+    precision: str | None = None,
 ) -> BenchResult:
     """Time ``a`` alone, or ``a``, ``b``, ... interleaved (``a`` is the baseline).
 
@@ -136,10 +153,12 @@ def benchmark(
     """
     if runs < 1 or warmup < 0 or threads < 0:
         raise OnnxrepError("--runs must be >= 1, --warmup and --threads >= 0")
+    require(runtime)
     models = [m for m in (a, b, *more) if m is not None]
     labels = list(names or ())[: len(models)]
     labels += [string.ascii_uppercase[i % 26] for i in range(len(labels), len(models))]
-    sessions = [session(m, level=level, threads=threads) for m in models]
+    sessions = [session(m, runtime=runtime, level=level, threads=threads, precision=precision)
+                for m in models]
     expected = sorted(i.name for i in sessions[0].get_inputs())
     for label, s in zip(labels[1:], sessions[1:], strict=True):
         got = sorted(i.name for i in s.get_inputs())
@@ -151,6 +170,8 @@ def benchmark(
         feeds = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
     else:
         feeds = make_feeds(sessions[0], 0, shapes)
+    for s in sessions:  # untimed: OpenVINO compiles a model with dynamic inputs for the feeds
+        prepare(s, feeds)
     n, total = len(sessions), warmup + runs
     samples: list[list[int]] = [[] for _ in sessions]
     for i in range(total):
@@ -166,8 +187,8 @@ def benchmark(
             _timing(name, s, base if j > 0 else None)
             for j, (name, s) in enumerate(zip(labels, samples, strict=True))
         ],
-        threads=threads, level=level, warmup=warmup, runs=runs,
-        inputs={k: list(np.shape(v)) for k, v in feeds.items()},
+        threads=threads, level=sessions[0].info.level, warmup=warmup, runs=runs,
+        inputs={k: list(np.shape(v)) for k, v in feeds.items()}, runtime=sessions[0].info,
     )
     if n >= 2:
         ratios = np.asarray(samples[0], dtype=np.float64) / np.asarray(samples[1])
@@ -179,10 +200,7 @@ def benchmark(
     return result
 
 
-def _run(sess: Any, feeds: dict[str, np.ndarray]) -> int:
+def _run(sess: Session, feeds: dict[str, np.ndarray]) -> int:
     start = time.perf_counter_ns()
-    try:
-        sess.run(None, feeds)
-    except Exception as e:
-        raise OnnxrepError(f"onnxruntime failed to run: {one_line(e)}") from None
+    run(sess, feeds)
     return time.perf_counter_ns() - start

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TOO_SLOW = 0, 1, 2, 3
 
+RUNTIMES = ("onnxruntime", "openvino")
+"""The names of ``onnxrep.verify.RUNTIMES``, for ``--runtime`` and ``--reference`` without
+importing a runtime to print the help."""
+
 EXIT_CODES = """\
 exit codes:
   0  success
@@ -71,10 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("input", help="input .onnx model")
     opt.add_argument("-o", "--output", help="output .onnx path")
     opt.add_argument("--in-place", action="store_true", help="allow writing over the input")
-    opt.add_argument("--verify", action="store_true", help="check parity in onnxruntime")
+    opt.add_argument("--verify", action="store_true", help="check parity (in --runtime)")
     opt.add_argument("--keep-on-mismatch", action="store_true",
                      help="write the output even when --verify finds a mismatch")
-    opt.add_argument("--bench", action="store_true", help="time input vs output")
+    opt.add_argument("--bench", action="store_true", help="time input vs output (in --runtime)")
     opt.add_argument("--deploy-form", metavar="MODEL.onnx",
                      help="with --bench, also time this model (e.g. the network exported after "
                      "its own switch_to_deploy), interleaved with the other two")
@@ -83,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--explain", action="store_true",
                      help="list every fold and every skipped candidate with its reason")
     _audit_option(opt)
+    _runtime_option(opt)
     _parity_options(opt)
     _timing_options(opt)
     _feedback_options(opt)
@@ -98,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="fail (exit 3) when p50(input) / p50(optimized) < X (default: no bar)")
     _skip_option(chk)
     _audit_option(chk)
+    _runtime_option(chk)
     _parity_options(chk)
     _timing_options(chk)
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -105,9 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     _feedback_options(chk)
 
     cmp = add("compare", "run two models on the same inputs",
-              "Run two models on the same inputs in onnxruntime and judge every output.")
+              "Run two models on the same inputs and judge every output: the reference in "
+              "onnxruntime (--reference), the other in --runtime.")
     cmp.add_argument("a", help="reference model")
     cmp.add_argument("b", help="model to check")
+    _runtime_option(cmp)
     _parity_options(cmp)
     cmp.add_argument("--json", action="store_true", help="print JSON")
     _feedback_options(cmp)
@@ -116,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                 "Time one model, or several interleaved (the first is the baseline).")
     bench.add_argument("a", help="model (the baseline when more are given)")
     bench.add_argument("more", nargs="*", metavar="B", help="models to time against it")
+    _runtime_option(bench)
     _timing_options(bench)
     bench.add_argument("--shape", action="append", metavar="NAME:DIMS",
                        help="size of a dynamic input, e.g. x:1x3x224x224")
@@ -142,7 +151,16 @@ def _audit_option(p: argparse.ArgumentParser) -> None:
                    "kernel onnxruntime fuses in the input)")
 
 
+def _runtime_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                   help="where models are checked and timed: onnxruntime (default) or openvino "
+                   "(its CPU plugin; pip install \"onnxrep[openvino]\"); parity asks it for f32")
+
+
 def _parity_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", choices=RUNTIMES, default="onnxruntime",
+                   help="where the reference model runs for parity (default onnxruntime, at "
+                   "disable_all)")
     p.add_argument("--atol", type=float, help="absolute tolerance (default by dtype)")
     p.add_argument("--rtol", type=float,
                    help="tolerance relative to the output's max |value| (default by dtype)")
@@ -153,7 +171,8 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
 
 
 def _timing_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (0: all; default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="inference threads (0: the runtime's choice; default 1)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per model")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model")
     p.add_argument("--level", choices=("disable_all", "basic", "extended", "all"), default="all",
@@ -226,6 +245,10 @@ def _optimize(args: argparse.Namespace) -> int:
         report_format(args.report)
     if args.deploy_form and not args.bench:
         raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
+    if not (args.verify or args.bench) and "openvino" in (args.runtime, args.reference):
+        raise OnnxrepError("--runtime and --reference say where to verify and time: they need "
+                           "--verify or --bench")
+    _require(args, parity=args.verify, timing=args.bench)
     outputs = [("the output", dst), ("the output's data file", dst.with_name(dst.name + ".data")),
                *([("the report", Path(args.report))] if args.report else [])]
     in_place = args.in_place and _same_file(src, dst)
@@ -290,14 +313,27 @@ def _warm_up(args: argparse.Namespace) -> None:
         warm_up()
 
 
+def _require(args: argparse.Namespace, *, parity: bool, timing: bool) -> None:
+    """Refuse a runtime that is not installed before any work is done."""
+    from onnxrep.verify import require
+
+    if parity:
+        require(args.reference)
+    if parity or timing:
+        require(args.runtime)
+
+
 def _verify(ui: _Console, args: argparse.Namespace, a: object, b: object) -> CompareResult:
     from onnxrep.verify import compare, parse_shapes
 
     shapes = parse_shapes(args.shape)
     label = "verifying" + ("" if args.inputs else f" over {args.seeds} input set(s)")
+    if args.runtime != "onnxruntime":
+        label += f" in {args.runtime}"
     with ui.step(label) as tick:
         return compare(a, b, atol=args.atol, rtol=args.rtol, inputs=args.inputs, shapes=shapes,
-                       seeds=args.seeds, progress=tick)
+                       seeds=args.seeds, progress=tick, runtime=args.runtime,
+                       reference=args.reference)
 
 
 def _time(ui: _Console, args: argparse.Namespace, models: Sequence[object],
@@ -306,10 +342,11 @@ def _time(ui: _Console, args: argparse.Namespace, models: Sequence[object],
     from onnxrep.verify import parse_shapes
 
     shapes = parse_shapes(args.shape)
-    with ui.step(f"timing {len(models)} model(s)") as tick:
+    where = "" if args.runtime == "onnxruntime" else f" in {args.runtime}"
+    with ui.step(f"timing {len(models)} model(s){where}") as tick:
         return benchmark(*models, threads=args.threads, warmup=args.warmup, runs=args.runs,
                          level=args.level, shapes=shapes, inputs=args.inputs,
-                         names=tuple(names), progress=tick)
+                         names=tuple(names), progress=tick, runtime=args.runtime)
 
 
 def _slow(timing: BenchResult, result: OptimizeResult | None,
@@ -321,7 +358,8 @@ def _slow(timing: BenchResult, result: OptimizeResult | None,
     if timing.faster is not False:
         return []
     splits: list[str] = []
-    if result is None and len(models) >= 2:
+    in_onnxruntime = timing.runtime is None or timing.runtime.name == "onnxruntime"
+    if result is None and len(models) >= 2 and in_onnxruntime:  # the audit reads its kernels
         from onnxrep.audit import AuditUnavailable, compare_models
 
         with contextlib.suppress(AuditUnavailable):
@@ -389,6 +427,7 @@ def _check(args: argparse.Namespace) -> int:
     if bar is not None and not bar > 0:
         raise OnnxrepError("--min-speedup must be a positive number")
     _check_outputs(outputs, [("the input", Path(args.input))])
+    _require(args, parity=True, timing=True)
     _warm_up(args)
     model, sources = ui.load_with_sources(args.input)
     inputs = [("the input", sources[0]),
@@ -445,9 +484,10 @@ def _ratio(x: float, bar: float | None) -> str:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from onnxrep.report import parity_table
+    from onnxrep.report import parity_table, runtime_label
 
     ui = _Console(args)
+    _require(args, parity=True, timing=False)
     for path in (args.a, args.b):
         ui.load(path, check=False)  # a clear error for a bad file before onnxruntime's
     result = _verify(ui, args, args.a, args.b)
@@ -456,7 +496,7 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         verdict = "equivalent" if result.ok else "DIFFERENT"
         lines = [f"{args.a} vs {args.b}: {verdict} over {result.seeds} input set(s), "
-                 f"onnxruntime {result.level}"]
+                 f"{runtime_label(result)}"]
         lines += [f"  {line}" for line in parity_table(result)]
         if ui.verbose:
             lines.append("  inputs " + ", ".join(
@@ -469,6 +509,7 @@ def _bench(args: argparse.Namespace) -> int:
     from onnxrep.report import timing_lines
 
     ui = _Console(args)
+    _require(args, parity=False, timing=True)
     paths = [args.a, *args.more]
     for path in paths:
         ui.load(path, check=False)

@@ -204,24 +204,40 @@ def not_faster(t: BenchResult, r: OptimizeResult | None = None,
     a, b = t.timings[0].name, t.timings[1].name
     text = (f"{b} is not faster than {a} beyond the measured noise (speedup {t.speedup:.3f}x, "
             f"95 % interval {t.speedup_low:.3f}x .. {t.speedup_high:.3f}x)")
-    return f"{text}; likely cause: {_cause(r, splits)}"
+    runtime = t.runtime.name if t.runtime is not None else "onnxruntime"
+    return f"{text}; likely cause: {_cause(r, splits, runtime)}"
 
 
-def _cause(r: OptimizeResult | None, splits: Sequence[str]) -> str:
+def _cause(r: OptimizeResult | None, splits: Sequence[str], runtime: str) -> str:
+    # the fusion audit reads onnxruntime's kernels: another runtime fuses its own way
+    audited = runtime == "onnxruntime"
     remaining = list(splits) or ([x.kind for x in r.audit.remaining]
                                  if r is not None and r.audit is not None else [])
-    if remaining:
+    if remaining and audited:
         kinds = dict(sorted(Counter(remaining).items()))
         return (f"onnxruntime fuses fewer kernels: {len(remaining)} fused kernel(s) now run in "
                 f"pieces ({_kinds(kinds)})")
     if r is None:
-        return "unknown (onnxruntime fuses the same kernels in both)"
+        return ("unknown (onnxruntime fuses the same kernels in both)" if audited
+                else "unknown")
     if not r.applied:
         return "nothing was folded (--explain says why each candidate was left)"
     if {f.pattern for f in r.applied} <= RUNTIME_DOES_IT:
         return ("every fold was a BatchNormalization or a constant scale or shift after a layer, "
-                "which onnxruntime folds itself when it loads the model")
+                f"which {runtime} folds itself when it loads the model")
     return "the folded blocks take a small share of the run time"
+
+
+def runtime_label(x: CompareResult | BenchResult) -> str:
+    """Where parity or timing ran: ``onnxruntime 1.32.0 all``; for parity in another runtime
+    than its reference, ``openvino 2026.4.1 CPU, f32 inference precision, against
+    onnxruntime 1.32.0 disable_all``."""
+    if x.runtime is None:  # a result made without a session (tests, older callers)
+        return f"onnxruntime {x.level}"
+    reference = getattr(x, "reference", None)
+    if reference is None or reference == x.runtime:
+        return x.runtime.label
+    return f"{x.runtime.label}, against {reference.label}"
 
 
 # -- text ----------------------------------------------------------------------------------------
@@ -272,7 +288,7 @@ def render_text(report: Report, *, explain: bool = False) -> str:
 
 def _parity_lines(p: CompareResult) -> list[str]:
     verdict = "ok" if p.ok else "MISMATCH"
-    lines = [f"  parity     {verdict} over {p.seeds} input set(s), onnxruntime {p.level}"]
+    lines = [f"  parity     {verdict} over {p.seeds} input set(s), {runtime_label(p)}"]
     lines += [f"    {line}" for line in parity_table(p)]
     return lines
 
@@ -308,7 +324,7 @@ def parity_grid(p: CompareResult) -> list[str]:
 
 def timing_lines(t: BenchResult) -> list[str]:
     lines = [
-        f"  latency    onnxruntime {t.level}, {_threads(t)}, {t.runs} interleaved runs "
+        f"  latency    {runtime_label(t)}, {_threads(t)}, {t.runs} interleaved runs "
         f"after {t.warmup} warm-up"
     ]
     width = max([10, *(len(x.name) for x in t.timings)])
@@ -420,7 +436,7 @@ def render_markdown(report: Report, *, max_rows: int = 50) -> str:
     if p is not None:
         shapes = ", ".join(f"{_md(k)} {'x'.join(map(str, v))}" for k, v in p.inputs.items())
         out += ["", f"**Parity**: {'ok' if p.ok else '**MISMATCH**'} over {p.seeds} input "
-                f"set(s), onnxruntime {_md(p.level)}" + (f"; inputs {shapes}" if shapes else ""),
+                f"set(s), {_md(runtime_label(p))}" + (f"; inputs {shapes}" if shapes else ""),
                 ""]
         out += _md_table(
             ["output", "max abs", "bound", "max rel", "mean abs", "cosine", ""], "lrrrrrl",
@@ -431,7 +447,7 @@ def render_markdown(report: Report, *, max_rows: int = 50) -> str:
         )
 
     if t is not None:
-        out += ["", f"**Latency**: onnxruntime {_md(t.level)}, {_threads(t)}, {t.runs} "
+        out += ["", f"**Latency**: {_md(runtime_label(t))}, {_threads(t)}, {t.runs} "
                 f"interleaved runs after {t.warmup} warm-up", ""]
         out += _md_table(
             ["model", "p50", "p90", "min", "speedup"], "lrrrr",
@@ -657,7 +673,8 @@ def render_html(report: Report) -> str:
     if p is not None:
         verdict = ('<span class="okc">ok</span>' if p.ok
                    else '<span class="badc">mismatch</span>')
-        cards.append(_card("Parity", verdict, _e(f"{p.seeds} input set(s), {p.level}")))
+        where = p.runtime.name if p.runtime is not None else p.level
+        cards.append(_card("Parity", verdict, _e(f"{p.seeds} input set(s), {where}")))
     body = [*head, '<div class="cards">', *cards, "</div>"]
 
     # latency
@@ -666,7 +683,7 @@ def render_html(report: Report) -> str:
         body.append('<p class="note">Not measured (pass <code>--bench</code>).</p>')
     else:
         body.append(
-            f'<p class="note">onnxruntime {_e(t.level)}, {_e(_threads(t))}, {t.runs} interleaved '
+            f'<p class="note">{_e(runtime_label(t))}, {_e(_threads(t))}, {t.runs} interleaved '
             f"runs after {t.warmup} warm-up. Bars: p50; whiskers: min to p90.</p>"
         )
         bars = []
@@ -779,7 +796,7 @@ def render_html(report: Report) -> str:
         shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in p.inputs.items())
         body.append(
             f'<p class="note">{"Equivalent" if p.ok else "Outputs differ"} over {p.seeds} input '
-            f"set(s), onnxruntime {_e(p.level)}"
+            f"set(s), {_e(runtime_label(p))}"
             + (f"; inputs {_e(shapes)}" if shapes else "")
             + ". An output passes when max |a &minus; b| &le; atol + rtol &times; "
             "max |reference|.</p>"

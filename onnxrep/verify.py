@@ -1,10 +1,16 @@
-"""Parity in onnxruntime: do two models give the same outputs on the same inputs?
+"""Parity: do two models give the same outputs on the same inputs? And the runtimes they run in.
 
-Both models run with ``ORT_DISABLE_ALL`` by default, so onnxruntime's own fusions can neither
-hide nor cause a difference. Inputs come from an ``.npz`` file or are generated from the
-declared input types, one set per seed (floats ~ N(0, 1), integers uniform in [0, 10),
-booleans fair coins). A dynamic dimension takes its size from ``shapes`` or, by default, 1 on
-the first axis and 64 elsewhere.
+Both models run in onnxruntime with ``ORT_DISABLE_ALL`` by default, so onnxruntime's own
+fusions can neither hide nor cause a difference. With ``runtime="openvino"`` the checked model
+runs in OpenVINO's CPU plugin at ``PARITY_PRECISION`` (f32) instead, against the same reference
+run in onnxruntime (``reference`` picks another runtime for it). Inputs come from an ``.npz``
+file or are generated from the declared input types, one set per seed (floats ~ N(0, 1),
+integers uniform in [0, 10), booleans fair coins). A dynamic dimension takes its size from
+``shapes`` or, by default, 1 on the first axis and 64 elsewhere.
+
+The runtimes sit behind one small interface (:class:`Session`: inputs, outputs, run, and a
+:class:`RuntimeInfo` naming the runtime, its version and how it ran); :data:`RUNTIMES` maps
+each name to the function that opens a model in it, for parity here and timing in ``bench``.
 
 Verdict per output: ``max|a - b| <= atol + rtol * max|reference|`` over every seed — the error
 is judged against the output's own scale, so one tolerance serves logits and feature maps.
@@ -14,13 +20,20 @@ equal; NaNs must sit in the same places.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import importlib
 import os
 import tempfile
+import weakref
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -32,10 +45,15 @@ from onnxrep.errors import OnnxrepError, one_line
 
 __all__ = [
     "DEFAULT_TOLERANCES",
+    "PARITY_PRECISION",
+    "RUNTIMES",
     "CompareResult",
     "OutputDiff",
+    "RuntimeInfo",
+    "Session",
     "compare",
     "make_feeds",
+    "require",
     "session",
 ]
 
@@ -77,12 +95,38 @@ class OutputDiff:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """Which runtime ran a model, and how: ``level`` is onnxruntime's graph optimization level,
+    ``precision`` the inference precision of a runtime that picks one (OpenVINO)."""
+
+    name: str
+    version: str
+    level: str | None = None
+    device: str | None = None
+    precision: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``onnxruntime 1.32.0 disable_all``, ``openvino 2026.4.1 CPU, f32 inference
+        precision``."""
+        text = " ".join(x for x in (self.name, self.version, self.device, self.level) if x)
+        return text + (f", {self.precision} inference precision" if self.precision else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label}
+
+
 @dataclass
 class CompareResult:
     outputs: list[OutputDiff]
     seeds: int
     level: str
     inputs: dict[str, list[int]] = field(default_factory=dict)
+    runtime: RuntimeInfo | None = None
+    """Where the checked model ran."""
+    reference: RuntimeInfo | None = None
+    """Where the reference model ran."""
 
     @property
     def ok(self) -> bool:
@@ -93,9 +137,18 @@ class CompareResult:
             "ok": self.ok,
             "seeds": self.seeds,
             "level": self.level,
+            "runtime": self.runtime.to_dict() if self.runtime else None,
+            "reference": self.reference.to_dict() if self.reference else None,
             "inputs": self.inputs,
             "outputs": [asdict(o) for o in self.outputs],
         }
+
+
+# -- runtimes ------------------------------------------------------------------------------------
+
+PARITY_PRECISION = "f32"
+"""The inference precision parity asks of a runtime that may compute in less than the model's
+types: OpenVINO's CPU plugin defaults to bf16 or f16 on CPUs that have them."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +156,48 @@ class _Arg:
     name: str
     shape: list[int | str | None]
     type: str
+
+
+class Session(Protocol):
+    """A model loaded in a runtime: what :func:`session` returns, for parity and timing."""
+
+    info: RuntimeInfo
+
+    def get_inputs(self) -> Sequence[Any]:
+        """Inputs with ``name``, ``shape`` (ints; None or a name where dynamic) and ``type``
+        (onnxruntime's spelling: ``tensor(float)``)."""
+        ...
+
+    def get_outputs(self) -> Sequence[Any]:
+        ...
+
+    def run(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        ...
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Get ready to run on inputs shaped like ``feeds`` (untimed: OpenVINO compiles a
+        model with dynamic inputs for their shapes here)."""
+        ...
+
+
+class OrtSession:
+    """An onnxruntime InferenceSession on the CPU provider."""
+
+    def __init__(self, sess: ort.InferenceSession, level: str) -> None:
+        self.inner = sess
+        self.info = RuntimeInfo("onnxruntime", ort.__version__, level=level)
+
+    def get_inputs(self) -> Sequence[Any]:
+        return self.inner.get_inputs()
+
+    def get_outputs(self) -> Sequence[Any]:
+        return self.inner.get_outputs()
+
+    def run(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.inner.run(names, feeds)  # type: ignore[arg-type]
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Nothing to do: onnxruntime runs any shape as loaded."""
 
 
 class ReferenceSession:
@@ -121,6 +216,7 @@ class ReferenceSession:
         inits = {t.name for t in model.graph.initializer}
         self._inputs = [_arg(v) for v in model.graph.input if v.name not in inits]
         self._outputs = [_arg(v) for v in model.graph.output]
+        self.info = RuntimeInfo(self.runtime, onnx.__version__)
 
     def get_inputs(self) -> list[_Arg]:
         return self._inputs
@@ -128,8 +224,96 @@ class ReferenceSession:
     def get_outputs(self) -> list[_Arg]:
         return self._outputs
 
-    def run(self, names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self._eval.run(names, feeds))
+    def run(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._eval.run(names, dict(feeds)))
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Nothing to do: the evaluator runs any shape."""
+
+
+class OpenVinoSession:
+    """A model compiled by OpenVINO for its CPU plugin: one stream, the LATENCY hint,
+    ``threads`` inference threads (0: OpenVINO's choice) and ``precision`` as the inference
+    precision hint (None: the plugin's default, bf16 or f16 on CPUs that have them). The
+    precision the plugin settled on is in ``info``.
+
+    A model with dynamic input dimensions is compiled again, once per set of input shapes it
+    meets, with those shapes made static (as it would be deployed), so that OpenVINO's slower
+    dynamic-shape path is neither timed nor trusted for parity.
+    """
+
+    def __init__(self, model: ModelLike, *, threads: int, precision: str | None) -> None:
+        ov = _load("openvino")
+        props, hints = ov.properties, ov.properties.hint
+        self._config: dict[Any, Any] = {
+            props.streams.num: 1, hints.performance_mode: hints.PerformanceMode.LATENCY,
+        }
+        if threads > 0:
+            self._config[props.inference_num_threads] = threads
+        if precision is not None:
+            self._config[hints.inference_precision] = getattr(ov.Type, precision)
+        self._label = _label(model)
+        # a model read from a temporary file may keep reading its weights from there
+        self._files = contextlib.ExitStack()
+        try:
+            read = _openvino_core().read_model(self._files.enter_context(_source(model)))
+            compiled = self._compile(read)
+            used = compiled.get_property(hints.inference_precision).get_type_name()
+        except BaseException:
+            self._files.close()
+            raise
+        # names as read: compiling may merge the names of outputs that are the same tensor
+        self._inputs = [_openvino_arg(p) for p in read.inputs]
+        self._outputs = [_openvino_arg(p) for p in read.outputs]
+        self._index = {o.name: i for i, o in enumerate(self._outputs)}
+        self._requests: dict[tuple[tuple[str, tuple[int, ...]], ...], Any] = {}
+        if any(p.get_partial_shape().is_dynamic for p in read.inputs):
+            self._dynamic: Any = read
+            weakref.finalize(self, self._files.close)
+        else:
+            self._dynamic = None
+            self._files.close()
+        self._request = compiled.create_infer_request()
+        self.info = RuntimeInfo("openvino", _version("openvino"), device="CPU", precision=used)
+
+    def _compile(self, read: Any, shapes: str = "") -> Any:
+        try:
+            return _openvino_core().compile_model(read, "CPU", self._config)
+        except Exception as e:  # OpenVINO raises RuntimeError and its own types
+            where = f" with inputs {shapes}" if shapes else ""
+            raise OnnxrepError(f"openvino cannot run {self._label}{where}: {one_line(e)}") from None
+
+    def _request_for(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        if self._dynamic is None:
+            return self._request
+        key = tuple(sorted((k, tuple(np.shape(v))) for k, v in feeds.items()))
+        if key not in self._requests:
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in key)
+            static = self._dynamic.clone()
+            try:
+                static.reshape({k: list(shape) for k, shape in key})
+            except Exception as e:  # OpenVINO raises RuntimeError and its own types
+                raise OnnxrepError(f"openvino cannot run {self._label} with inputs {shapes}: "
+                                   f"{one_line(e)}") from None
+            compiled = self._compile(static, shapes)
+            self._requests[key] = compiled.create_infer_request()
+        return self._requests[key]
+
+    def get_inputs(self) -> list[_Arg]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_Arg]:
+        return self._outputs
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Compile a model with dynamic inputs for the shapes of ``feeds``."""
+        self._request_for(feeds)
+
+    def run(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        results = self._request_for(feeds).infer(dict(feeds), share_inputs=True).to_tuple()
+        if names is None:
+            return list(results)
+        return [results[self._index[name]] for name in names]
 
 
 def _arg(v: onnx.ValueInfoProto) -> _Arg:
@@ -141,24 +325,78 @@ def _arg(v: onnx.ValueInfoProto) -> _Arg:
     return _Arg(v.name, dims, f"tensor({names.get(np_type.type, np_type.name)})")
 
 
+_OPENVINO_TYPES = {
+    "f32": "float", "f64": "double", "f16": "float16", "bf16": "bfloat16", "boolean": "bool",
+    "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64",
+    "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64",
+}
+
+
+def _openvino_arg(port: Any) -> _Arg:
+    shape = port.get_partial_shape()
+    dims = ([d.get_length() if d.is_static else None for d in shape]
+            if shape.rank.is_static else [])
+    kind = port.get_element_type().get_type_name()
+    return _Arg(port.get_any_name(), dims, f"tensor({_OPENVINO_TYPES.get(kind, kind)})")
+
+
+def _load(module: str) -> ModuleType:
+    """Import a runtime's package; one line saying how to install it when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        hint = f'pip install "onnxrep[{module}]"'
+        if getattr(e, "name", None) == module:
+            raise OnnxrepError(f"{module} is not installed; install it with: {hint}") from None
+        raise OnnxrepError(f"{module} cannot be imported ({one_line(e)}); reinstall it with: "
+                           f"{hint}") from None
+
+
+@functools.cache
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return str(getattr(_load(distribution), "__version__", "unknown")).split("-")[0]
+
+
+@functools.cache
+def _openvino_core() -> Any:
+    """One OpenVINO Core per process: each loads its plugins anew."""
+    return _load("openvino").Core()
+
+
+@contextlib.contextmanager
+def _source(model: ModelLike) -> Iterator[bytes | str]:
+    """What a runtime reads ``model`` from: its path, its serialized bytes, or — over the
+    protobuf limit — a temporary file with external data that lasts as long as the context."""
+    if not isinstance(model, onnx.ModelProto):
+        yield str(model)
+    elif io.fits(model):
+        yield model.SerializeToString()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            io.save(model, path, external=True)
+            yield str(path)
+
+
 def quiet_runtime_logs() -> None:
     """Only errors from onnxruntime sessions this module does not create (onnx-graphsurgeon's
     constant folding runs one) reach the terminal."""
     ort.set_default_logger_severity(3)
 
 
-def runtime_of(sess: Any) -> str:
-    return getattr(sess, "runtime", "onnxruntime")
+def runtime_of(sess: Session) -> str:
+    return sess.info.name
 
 
-def session(
-    model: ModelLike, *, level: str = "disable_all", threads: int = 1, fallback: bool = False
-) -> ort.InferenceSession | ReferenceSession:
-    """A CPU InferenceSession; models over the protobuf limit go through a temporary file.
-
-    With ``fallback``, a model that onnxruntime has no kernel for, or whose inputs or outputs
-    are bfloat16, runs in onnx's reference evaluator instead (parity only; never for timing).
-    """
+def _open_onnxruntime(
+    model: ModelLike, *, level: str, threads: int, precision: str | None, fallback: bool
+) -> Session:
+    """A CPU InferenceSession (``precision`` does not apply: onnxruntime computes in the model's
+    types). With ``fallback``, a model that onnxruntime has no kernel for, or whose inputs or
+    outputs are bfloat16, runs in onnx's reference evaluator instead."""
     try:
         sess = _ort_session(model, level, threads)
     except OnnxrepError as e:
@@ -167,10 +405,55 @@ def session(
     else:
         args = (*sess.get_inputs(), *sess.get_outputs())
         if not fallback or all(a.type != "tensor(bfloat16)" for a in args):
-            return sess
+            return OrtSession(sess, level)
         # onnxruntime's Python API takes and returns no bfloat16 array (numpy has none)
     proto = model if isinstance(model, onnx.ModelProto) else io.load(model, check=False)
     return ReferenceSession(proto)
+
+
+def _open_openvino(
+    model: ModelLike, *, level: str, threads: int, precision: str | None, fallback: bool
+) -> Session:
+    """An OpenVINO CPU model (``level`` is onnxruntime's; there is no fallback: a model
+    OpenVINO cannot run is an error)."""
+    return OpenVinoSession(model, threads=threads, precision=precision)
+
+
+RUNTIMES: dict[str, Callable[..., Session]] = {
+    "onnxruntime": _open_onnxruntime,
+    "openvino": _open_openvino,
+}
+"""Runtime name → opener: ``(model, *, level, threads, precision, fallback) -> Session``. A new
+runtime is one more opener and its name here (and in the command line's ``RUNTIMES``)."""
+
+
+def require(runtime: str) -> None:
+    """Refuse an unknown runtime, or one that is not installed, before any work is done."""
+    if runtime not in RUNTIMES:
+        raise OnnxrepError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    _load(runtime)
+
+
+def session(
+    model: ModelLike,
+    *,
+    runtime: str = "onnxruntime",
+    level: str = "disable_all",
+    threads: int = 1,
+    precision: str | None = None,
+    fallback: bool = False,
+) -> Session:
+    """``model`` (a ModelProto or a path) loaded in ``runtime`` on the CPU; models over the
+    protobuf limit go through a temporary file.
+
+    ``level`` is onnxruntime's optimization level; ``precision`` the inference precision asked
+    of a runtime that may lower it (OpenVINO); ``fallback`` lets onnxruntime hand a model it
+    has no kernel for, or with bfloat16 inputs or outputs, to onnx's reference evaluator
+    (parity only; never for timing).
+    """
+    require(runtime)
+    return RUNTIMES[runtime](model, level=level, threads=threads, precision=precision,
+                             fallback=fallback)
 
 
 def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSession:
@@ -180,16 +463,8 @@ def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSes
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        if isinstance(model, onnx.ModelProto):
-            if io.fits(model):
-                return ort.InferenceSession(
-                    model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-                )
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.onnx"
-                io.save(model, path, external=True)
-                return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        with _source(model) as source:
+            return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises several unrelated types
         raise OnnxrepError(f"onnxruntime cannot run {_label(model)}: {one_line(e)}") from None
 
@@ -215,7 +490,7 @@ def parse_shapes(specs: list[str] | None) -> dict[str, list[int]]:
 
 
 def make_feeds(
-    sess: ort.InferenceSession,
+    sess: Session,
     seed: int,
     shapes: Mapping[str, list[int]] | None = None,
 ) -> dict[str, np.ndarray]:
@@ -286,16 +561,22 @@ def compare(
     shapes: Mapping[str, list[int]] | None = None,
     seeds: int = 3,
     level: str = "disable_all",
+    runtime: str = "onnxruntime",
+    reference: str = "onnxruntime",
     progress: Callable[[int, int], None] | None = None,
 ) -> CompareResult:
-    """Run ``a`` (the reference) and ``b`` on the same inputs and judge every output.
+    """Run ``a`` (the reference, in ``reference``) and ``b`` (in ``runtime``) on the same
+    inputs and judge every output. onnxruntime runs at ``level``; a runtime that may lower the
+    precision (OpenVINO) is asked for ``PARITY_PRECISION``.
 
     ``progress(done, total)`` is called after every input set.
     """
     if seeds < 1:
         raise OnnxrepError("--seeds must be at least 1")
-    sa = session(a, level=level, fallback=True)
-    sb = session(b, level=level, fallback=True)
+    require(reference)
+    require(runtime)
+    sa = session(a, runtime=reference, level=level, precision=PARITY_PRECISION, fallback=True)
+    sb = session(b, runtime=runtime, level=level, precision=PARITY_PRECISION, fallback=True)
     names_a = [o.name for o in sa.get_outputs()]
     names_b = [o.name for o in sb.get_outputs()]
     if names_a != names_b:
@@ -315,11 +596,7 @@ def compare(
 
     worst: dict[str, OutputDiff] = {}
     for done, feeds in enumerate(feed_sets, 1):
-        try:
-            ra = sa.run(None, feeds)
-            rb = sb.run(None, feeds)
-        except Exception as e:
-            raise OnnxrepError(f"onnxruntime failed to run: {one_line(e)}") from None
+        ra, rb = run(sa, feeds), run(sb, feeds)
         for name, x, y in zip(names_a, ra, rb, strict=True):
             diff = _diff(name, np.asarray(x), np.asarray(y), atol, rtol)
             worst[name] = diff if name not in worst else _worse(worst[name], diff)
@@ -327,11 +604,45 @@ def compare(
             progress(done, len(feed_sets))
     runtimes = {runtime_of(sa), runtime_of(sb)}
     return CompareResult(
-        outputs=[worst[n] for n in names_a],
+        outputs=[_lowered(worst[n], sb.info) for n in names_a],
         seeds=len(feed_sets),
         level=level if runtimes == {"onnxruntime"} else " / ".join(sorted(runtimes)),
         inputs={k: list(v.shape) for k, v in feed_sets[0].items()},
+        runtime=sb.info,
+        reference=sa.info,
     )
+
+
+def run(sess: Session, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of ``sess`` on ``feeds``; a failure is one line naming the runtime."""
+    try:
+        return sess.run(None, feeds)
+    except OnnxrepError:
+        raise
+    except Exception as e:  # every runtime raises its own types
+        raise OnnxrepError(f"{sess.info.name} failed to run: {one_line(e)}") from None
+
+
+def prepare(sess: Session, feeds: Mapping[str, np.ndarray]) -> None:
+    """``sess`` made ready for inputs shaped like ``feeds``; a failure is one line."""
+    try:
+        sess.prepare(feeds)
+    except OnnxrepError:
+        raise
+    except Exception as e:  # every runtime raises its own types
+        raise OnnxrepError(f"{sess.info.name} failed to run: {one_line(e)}") from None
+
+
+def _lowered(diff: OutputDiff, info: RuntimeInfo) -> OutputDiff:
+    """A failed output of a type wider than the precision its runtime computed it in says so
+    (OpenVINO's CPU plugin computes float64 models in f32)."""
+    bits = {"f16": 16, "bf16": 16, "f32": 32}.get(info.precision or "")
+    if diff.ok or bits is None or diff.dtype not in ("float64", "float32"):
+        return diff
+    if np.dtype(diff.dtype).itemsize * 8 <= bits:
+        return diff
+    note = f"{info.name} computes {diff.dtype} in {info.precision}"
+    return dataclasses.replace(diff, note="; ".join(filter(None, (diff.note, note))))
 
 
 def tolerances(dtype: np.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
