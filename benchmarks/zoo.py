@@ -1,6 +1,6 @@
 """The model zoo of ``models.nets`` through onnxrep and its baselines: latency, size, error.
 
-    python benchmarks/zoo.py [--nets a,b] [--forms x,y] [--runs 300] [--warmup 30]
+    python benchmarks/zoo.py [--nets a,b] [--forms x,y] [--runs 300] [--budget 60] [--warmup 30]
                              [--threads 1,0] [--opt-repeats 3] [--quick] [--out DIR]
                              [--json FILE] [--markdown FILE] [--runtime openvino]
 
@@ -81,6 +81,7 @@ OPENVINO_VARIANTS = ("train", "onnxrep", "deploy")
 """What ``--runtime openvino`` makes and times: the input, the optimized model, the deploy form."""
 MAX_RATIO = 1.02
 MAX_INPUT_RATIO = 1.00
+MIN_RUNS = 30
 
 
 def _silent(fn: Callable[[], Any]) -> Any:
@@ -220,9 +221,11 @@ def run_model(
     row["latency"], row["paired"] = {}, {}
     row["paired_input"] = {}
     for threads in args.threads:
+        runs = _runs(paths, timed, threads, x, args)
+        row.setdefault("runs", {})[str(threads)] = runs
         bench = onnxrep.benchmark(
             *[paths[v] for v in timed], names=timed, threads=threads,
-            warmup=args.warmup, runs=args.runs, inputs={"input": x}, runtime=args.runtime,
+            warmup=args.warmup, runs=runs, inputs={"input": x}, runtime=args.runtime,
         )
         if bench.runtime is not None:
             row.setdefault("runtime", {})[str(threads)] = bench.runtime.to_dict()
@@ -236,7 +239,7 @@ def run_model(
                 continue
             pair = onnxrep.benchmark(
                 paths[base], paths["onnxrep"], names=[base, "onnxrep"], threads=threads,
-                warmup=args.warmup, runs=args.runs, inputs={"input": x}, runtime=args.runtime,
+                warmup=args.warmup, runs=runs, inputs={"input": x}, runtime=args.runtime,
             )
             first, rep = pair.timings
             row[key][str(threads)] = {
@@ -267,6 +270,19 @@ def run_model(
     row["acceptance"]["ok"] &= unchanged or (input_ratio is not None
                                              and input_ratio <= args.max_input_ratio)
     return row
+
+
+def _runs(paths: dict[str, Path], timed: list[str], threads: int, x: Any,
+          args: argparse.Namespace) -> int:
+    """``--runs``, fewer where one round of ``timed`` would take the timed runs past
+    ``--budget`` seconds (never under ``MIN_RUNS``): DBB ResNet-18's training form takes a
+    second a run."""
+    import onnxrep
+
+    probe = onnxrep.benchmark(*[paths[v] for v in timed], names=timed, threads=threads,
+                              warmup=1, runs=2, inputs={"input": x}, runtime=args.runtime)
+    round_s = sum(t.p50 for t in probe.timings) / 1e3
+    return max(MIN_RUNS, min(args.runs, int(args.budget / max(round_s, 1e-9))))
 
 
 def _ops(model: Any) -> list[str]:
@@ -526,6 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"bar for p50(onnxrep) / p50(deploy) (default {MAX_RATIO})")
     parser.add_argument("--max-input-ratio", type=float, default=MAX_INPUT_RATIO,
                         help=f"bar for p50(onnxrep) / p50(train) (default {MAX_INPUT_RATIO})")
+    parser.add_argument("--budget", type=float, default=60.0,
+                        help="seconds of timed runs per benchmark: fewer than --runs where a "
+                        f"round is slow (never under {MIN_RUNS})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 20 runs, 3 warm-up, 1 optimizer run")
     parser.add_argument("--out", help="keep the exported and optimized models in this folder")
@@ -571,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                           else argv),
         "package": str(Path(onnxrep.__file__).parent),
         "config": {
-            "nets": args.nets, "forms": args.forms, "runs": args.runs, "warmup": args.warmup,
+            "nets": args.nets, "forms": args.forms, "runs": args.runs, "budget_s": args.budget,
+            "warmup": args.warmup,
             "threads": args.threads, "opt_repeats": args.opt_repeats,
             "max_ratio": args.max_ratio, "max_input_ratio": args.max_input_ratio,
             "runtime": args.runtime,
