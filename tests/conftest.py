@@ -10,6 +10,7 @@ from torch import nn
 
 from models.export import export
 from models.nets import NETWORKS
+from tests.helpers import perturbed
 
 
 class Exports:
@@ -50,3 +51,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return Exports(tmp_path_factory.mktemp("exports"))
+
+
+@pytest.fixture
+def wrong_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``onnxrep.optimize`` made wrong: every result comes back perturbed."""
+    import onnxrep.pipeline as pipeline
+
+    real = pipeline.optimize
+
+    def wrong(model, **kwargs):
+        result = real(model, **kwargs)
+        result.model = perturbed(result.model)
+        return result
+
+    monkeypatch.setattr(pipeline, "optimize", wrong)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 import onnxrep
@@ -49,3 +50,13 @@ def assert_equivalent(
 
 def reasons(result: OptimizeResult) -> list[str]:
     return [s.reason for s in result.skipped]
+
+
+def perturbed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every initializer scaled by 1.01: what a wrong fold looks like."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        values = onnx.numpy_helper.to_array(t) * 1.01
+        t.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), t.name))
+    return out

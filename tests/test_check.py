@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
@@ -13,6 +12,7 @@ from onnxrep.cli import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, EXIT_TOO_SLOW, m
 from onnxrep.errors import OnnxrepError
 from onnxrep.testing import assert_equivalent, assert_optimizes
 from tests.builders import GraphBuilder
+from tests.helpers import perturbed
 from tests.test_cli import repvgg_model
 
 FAST = ["--runs", "3", "--warmup", "0", "--seeds", "1"]
@@ -23,30 +23,6 @@ def model_path(tmp_path: Path) -> Path:
     path = tmp_path / "model.onnx"
     onnx.save(repvgg_model(), path)
     return path
-
-
-def perturbed(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every initializer scaled by 1.01: what a wrong fold looks like."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for t in out.graph.initializer:
-        values = onnx.numpy_helper.to_array(t) * 1.01
-        t.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), t.name))
-    return out
-
-
-@pytest.fixture
-def wrong_optimizer(monkeypatch) -> None:
-    import onnxrep.pipeline as pipeline
-
-    real = pipeline.optimize
-
-    def wrong(model, **kwargs):
-        result = real(model, **kwargs)
-        result.model = perturbed(result.model)
-        return result
-
-    monkeypatch.setattr(pipeline, "optimize", wrong)
 
 
 def test_check_passes(model_path: Path, tmp_path: Path, capsys) -> None:

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxrep.cli import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, EXIT_TOO_SLOW, main
-from tests.test_check import perturbed
+from tests.helpers import perturbed
 from tests.test_cli import repvgg_model
 
 FAST = ["--runs", "3", "--warmup", "0", "--seeds", "1"]
@@ -39,20 +39,6 @@ def optimized_path(model_path: Path, tmp_path: Path) -> Path:
     out = tmp_path / "optimized.onnx"
     assert main(["optimize", str(model_path), "-o", str(out), "-q"]) == EXIT_OK
     return out
-
-
-@pytest.fixture
-def wrong_optimizer(monkeypatch) -> None:
-    import onnxrep.pipeline as pipeline
-
-    real = pipeline.optimize
-
-    def wrong(model, **kwargs):
-        result = real(model, **kwargs)
-        result.model = perturbed(result.model)
-        return result
-
-    monkeypatch.setattr(pipeline, "optimize", wrong)
 
 
 def dynamic_model() -> onnx.ModelProto:
