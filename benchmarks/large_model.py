@@ -14,7 +14,9 @@ data writer (``big.onnx`` + ``big.onnx.data``). Then, each in a fresh process un
 
 Records: generated size, both runs' wall time, peak RSS and exit code, whether the output was
 written with external data (and how many tensors went there), that it reloads and passes
-``onnx.checker.check_model`` by path, its op counts, and the parity numbers. The multi-GB files are
+``onnx.checker.check_model`` by path, its op counts, the parity numbers and the fusion audit's
+result (it runs by default: onnxruntime's optimizer on a light copy of the model, whose large
+weights are left out). The multi-GB files are
 deleted afterwards unless ``--keep``.
 """
 
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 data = json.loads(report.read_text())
                 verify["parity"] = data.get("parity")
                 verify["folds"] = data.get("applied_by_pattern")
+                verify["audit"] = data.get("audit")  # the fusion audit, on external data
             record[label]["verify"] = verify
             record[label]["verify_output"] = inspect_output(dst)
             print(json.dumps({k: record[label][k] for k in ("verify", "verify_output")},
