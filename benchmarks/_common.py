@@ -1,5 +1,5 @@
-"""Helpers shared by ``zoo.py`` and ``speed.py``: the machine, versions, timed subprocesses and a
-generated RepVGG-style training-form model.
+"""Helpers shared by ``zoo.py`` and ``speed.py``: the machine, versions, timed subprocesses, the
+optimizers compared (silenced) and a generated RepVGG-style training-form model.
 
 Importing this module puts the repository root on ``sys.path``, so the scripts run as
 ``python benchmarks/NAME.py`` from a checkout without installing anything but the package's
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import multiprocessing
 import os
 import platform
@@ -20,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,56 @@ def spawn(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in a fresh process, whose memory goes back to the system when it exits."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
+
+
+def silent(fn: Callable[[], Any]) -> Any:
+    """Call ``fn`` with its prints, warnings and log lines swallowed, those its C++ code writes
+    to the process's stdout/stderr included (onnxslim prints a table, onnxsim warnings)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            return fn()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def optimizers(
+    names: Sequence[str] = ("onnxsim", "onnxslim", "onnxrep"),
+) -> dict[str, Callable[[Any], Any]]:
+    """The optimizers of ``names`` (onnxsim and onnxslim are imported only when asked for)."""
+    import onnxrep
+
+    found: dict[str, Callable[[Any], Any]] = {}
+    if "onnxsim" in names:
+        import onnxsim
+
+        def simplify(model: Any) -> Any:
+            simplified, ok = onnxsim.simplify(model)
+            if not ok:
+                raise RuntimeError("onnxsim.simplify reports that its check failed")
+            return simplified
+
+        found["onnxsim"] = simplify
+    if "onnxslim" in names:
+        import onnxslim
+
+        found["onnxslim"] = lambda model: onnxslim.slim(model)
+    if "onnxrep" in names:
+        found["onnxrep"] = lambda model: onnxrep.optimize(model).model
+    return found
 
 
 def fmt_bytes(n: float | None) -> str:

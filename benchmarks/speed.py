@@ -148,42 +148,20 @@ def interleaved(
 # -- the optimizers, in process ------------------------------------------------------------------
 
 
-def optimizers() -> dict[str, Callable[[Any], Any]]:
-    import onnxsim
-    import onnxslim
-
-    import onnxrep
-
-    def simplify(model: Any) -> Any:
-        simplified, ok = onnxsim.simplify(model)
-        if not ok:
-            raise RuntimeError("onnxsim.simplify reports that its check failed")
-        return simplified
-
-    return {
-        "onnxrep": lambda model: onnxrep.optimize(model).model,
-        "onnxsim": simplify,
-        "onnxslim": lambda model: onnxslim.slim(model),
-    }
-
-
 def _timed_optimizer(model: Any, optimize: Callable[[Any], Any], nodes: dict[str, int],
                      name: str) -> Callable[[], float]:
-    import io
-    import warnings
-
     import onnx
 
     def run() -> float:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        sink = io.StringIO()
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+
+        def timed() -> tuple[float, Any]:
             start = time.perf_counter()
             out = optimize(copy)
-            seconds = time.perf_counter() - start
+            return time.perf_counter() - start, out
+
+        seconds, out = _common.silent(timed)
         nodes[name] = len(out.graph.node)
         return seconds
 
@@ -198,7 +176,7 @@ def compare_in_process(path: Path, tools: tuple[str, ...], repeats: int) -> dict
     nodes: dict[str, int] = {}
     errors: dict[str, str] = {}
     contenders = {}
-    every = optimizers()
+    every = _common.optimizers(tools)
     for name in tools:
         run = _timed_optimizer(model, every[name], nodes, name)
         try:

@@ -62,14 +62,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import os
 import sys
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,54 +81,6 @@ OPENVINO_VARIANTS = ("train", "onnxrep", "deploy")
 MAX_RATIO = 1.02
 MAX_INPUT_RATIO = 1.00
 MIN_RUNS = 30
-
-
-def _silent(fn: Callable[[], Any]) -> Any:
-    """Call ``fn`` with its prints, warnings and log lines swallowed, those its C++ code writes
-    to the process's stdout/stderr included (onnxslim prints a table, onnxsim warnings)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            return fn()
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
-def _optimizers(names: Sequence[str] = OPTIMIZERS) -> dict[str, Callable[[Any], Any]]:
-    """The optimizers of ``names`` (onnxsim and onnxslim are imported only when asked for)."""
-    import onnxrep
-
-    found: dict[str, Callable[[Any], Any]] = {}
-    if "onnxsim" in names:
-        import onnxsim
-
-        def simplify(model: Any) -> Any:
-            simplified, ok = onnxsim.simplify(model)
-            if not ok:
-                raise RuntimeError("onnxsim.simplify reports that its check failed")
-            return simplified
-
-        found["onnxsim"] = simplify
-    if "onnxslim" in names:
-        import onnxslim
-
-        found["onnxslim"] = lambda model: onnxslim.slim(model)
-    if "onnxrep" in names:
-        found["onnxrep"] = lambda model: onnxrep.optimize(model).model
-    return found
 
 
 def ort_optimized(src: Path, dst: Path) -> None:
@@ -186,14 +135,14 @@ def run_model(
             paths.pop("ort", None)
 
     seconds: dict[str, float] = {}
-    for label, optimize in _optimizers([v for v in OPTIMIZERS if v in variants]).items():
+    for label, optimize in _common.optimizers([v for v in OPTIMIZERS if v in variants]).items():
         try:
             best, result = float("inf"), None
             for _ in range(args.opt_repeats):
                 copy = onnx.ModelProto()
                 copy.CopyFrom(train)
                 start = time.perf_counter()
-                result = _silent(lambda m=copy, f=optimize: f(m))
+                result = _common.silent(lambda m=copy, f=optimize: f(m))
                 best = min(best, time.perf_counter() - start)
             seconds[label] = best
             paths[label] = folder / f"{name}.{form}.{label}.onnx"
