@@ -25,6 +25,7 @@ import contextlib
 import math
 import mmap
 import os
+import signal
 import stat
 import tempfile
 import warnings
@@ -348,15 +349,15 @@ def save(
     backup: str | None = None
     try:
         if external:
-            shell, data_temp = _externalize(model, p.parent, data_name, mode_for(data_path))
-            temps.append(data_temp)
+            shell, data_temp = _externalize(model, p.parent, data_name, mode_for(data_path),
+                                            temps)
             chunks = serialize_chunks(shell)
         else:
             chunks = serialize_chunks(model)
-        model_temp = write_temp(p.parent, p.name, chunks, mode_for(p))
-        temps.append(model_temp)
+        model_temp = write_temp(p.parent, p.name, chunks, mode_for(p), temps)
         if external:
-            backup = _hard_link_backup(data_path)
+            with held_signals():  # the backup link exists only once its name is recorded
+                backup = _hard_link_backup(data_path)
             os.replace(data_temp, data_path)
             try:
                 os.replace(model_temp, p)
@@ -510,10 +511,44 @@ def _hard_link_backup(target: Path) -> str | None:
     return backup
 
 
-def write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int) -> str:
+HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+"""Signals that interrupt a write (the command line turns them into exceptions)."""
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold :data:`HELD_SIGNALS` until the block ends, where the platform can: a signal that
+    arrives meanwhile is delivered after it. Makes "create a file and record its name" one
+    step, so an interrupted write never leaves a file nobody knows to remove."""
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    except (AttributeError, OSError, ValueError):  # no signal masks here: best effort
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _new_temp(folder: Path, name: str, temps: list[str]) -> int:
+    """A new temporary file beside ``folder / name``, its path recorded in ``temps`` as it is
+    created (signals held); returns its descriptor."""
+    with held_signals():
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        temps.append(temp)
+    return fd
+
+
+def write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int,
+               temps: list[str]) -> str:
     """``chunks`` written to a new temporary file beside ``folder / name`` with permissions
-    ``mode``; returns its path (removed again if writing fails)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    ``mode``; returns its path, which is also appended to ``temps`` the moment the file
+    exists (the caller removes what ``temps`` holds if it does not rename the file). Removed
+    again if writing fails."""
+    fd = _new_temp(folder, name, temps)
+    temp = temps[-1]
     try:
         with os.fdopen(fd, "wb") as f:
             with contextlib.suppress(OSError, AttributeError):
@@ -528,10 +563,11 @@ def write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int) -> s
 
 
 def _externalize(
-    model: onnx.ModelProto, folder: Path, data_name: str, mode: int
+    model: onnx.ModelProto, folder: Path, data_name: str, mode: int, temps: list[str]
 ) -> tuple[onnx.ModelProto, str]:
-    """A copy of ``model`` whose large initializers point into a new data file (returned as a
-    temporary path, renamed to ``data_name`` by the caller). ``model`` is not modified."""
+    """A copy of ``model`` whose large initializers point into a new data file (a temporary
+    path, recorded in ``temps`` as it is created and renamed to ``data_name`` by the caller).
+    ``model`` is not modified."""
     shell = onnx.ModelProto()
     for field, value in model.ListFields():
         if field.name != "graph":
@@ -540,7 +576,8 @@ def _externalize(
     for field, value in model.graph.ListFields():
         if field.name != "initializer":
             copy_field(graph, field.name, value)
-    fd, temp = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+    fd = _new_temp(folder, data_name, temps)
+    temp = temps[-1]
     offset = 0
     try:
         with os.fdopen(fd, "wb") as f:

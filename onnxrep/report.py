@@ -869,28 +869,29 @@ class StagedReport:
         self.path = Path(path)
         io.refuse_special(self.path)
         text = render(report, report_format(self.path))
-        self._temp: str | None = None
+        self._temps: list[str] = []  # recorded as the file is made: nothing escapes discard()
+        self._committed = False
         try:
-            self._temp = io.write_temp(
-                self.path.parent, self.path.name, [text.encode("utf-8")], io.mode_for(self.path)
-            )
+            io.write_temp(self.path.parent, self.path.name, [text.encode("utf-8")],
+                          io.mode_for(self.path), self._temps)
         except OSError as e:
             raise OnnxrepError(f"{self.path}: cannot write report ({e.strerror or e})") from None
 
     def commit(self) -> None:
-        if self._temp is None:
+        if self._committed or not self._temps:
             raise OnnxrepError(f"{self.path}: report already committed or discarded")
         try:
-            os.replace(self._temp, self.path)
+            os.replace(self._temps[-1], self.path)
         except OSError as e:
             raise OnnxrepError(f"{self.path}: cannot write report ({e.strerror or e})") from None
-        self._temp = None
+        self._committed = True
+        self._temps.clear()
 
     def discard(self) -> None:
-        if self._temp is not None:
+        for temp in self._temps:
             with contextlib.suppress(OSError):
-                os.unlink(self._temp)
-            self._temp = None
+                os.unlink(temp)
+        self._temps.clear()
 
 
 def write(report: Report, path: str | os.PathLike[str]) -> None:
