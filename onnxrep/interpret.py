@@ -412,13 +412,21 @@ def _pad(x: list[np.ndarray | None], attrs: dict[str, Any], opset: int) -> list[
     return [np.pad(data, width, mode="constant", constant_values=fill[0] if fill.size else 0)]
 
 
-def _scatter_nd(x: list[np.ndarray | None], attrs: dict[str, Any],
-                opset: int) -> list[np.ndarray]:
+def _plain_scatter(x: list[np.ndarray | None],
+                   attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(data, indices, updates)`` of a scatter that writes (``reduction="none"``); the
+    reducing ones go to the fallback."""
     data, indices, updates = x[0], x[1], x[2]
     assert data is not None and indices is not None and updates is not None
     reduction = attrs.get("reduction", b"none")
     if (reduction.decode() if isinstance(reduction, bytes) else reduction) != "none":
         raise _Fallback
+    return data, indices, updates
+
+
+def _scatter_nd(x: list[np.ndarray | None], attrs: dict[str, Any],
+                opset: int) -> list[np.ndarray]:
+    data, indices, updates = _plain_scatter(x, attrs)
     out = np.array(data, copy=True)
     k = indices.shape[-1]
     flat = indices.reshape(-1, k)
@@ -436,11 +444,7 @@ def _scatter_nd(x: list[np.ndarray | None], attrs: dict[str, Any],
 
 def _scatter_elements(x: list[np.ndarray | None], attrs: dict[str, Any],
                       opset: int) -> list[np.ndarray]:
-    data, indices, updates = x[0], x[1], x[2]
-    assert data is not None and indices is not None and updates is not None
-    reduction = attrs.get("reduction", b"none")
-    if (reduction.decode() if isinstance(reduction, bytes) else reduction) != "none":
-        raise _Fallback
+    data, indices, updates = _plain_scatter(x, attrs)
     axis = int(attrs.get("axis", 0)) % data.ndim
     out = np.array(data, copy=True)
     idx = np.where(indices < 0, indices + data.shape[axis], indices)

@@ -568,14 +568,8 @@ def _externalize(
     """A copy of ``model`` whose large initializers point into a new data file (a temporary
     path, recorded in ``temps`` as it is created and renamed to ``data_name`` by the caller).
     ``model`` is not modified."""
-    shell = onnx.ModelProto()
-    for field, value in model.ListFields():
-        if field.name != "graph":
-            copy_field(shell, field.name, value)
+    shell = model_without(model, "initializer")
     graph = shell.graph
-    for field, value in model.graph.ListFields():
-        if field.name != "initializer":
-            copy_field(graph, field.name, value)
     fd = _new_temp(folder, data_name, temps)
     temp = temps[-1]
     offset = 0
@@ -637,15 +631,9 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     inference and checks cheap for large models (see :func:`light_keeps`).
     """
     keep = light_keeps({x for n in model.graph.node if n.op_type in QDQ_OPS for x in n.input})
-    skeleton = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            copy_field(skeleton, descriptor.name, value)
+    skeleton = model_without(model, "initializer")
     g = skeleton.graph
     src = model.graph
-    for descriptor, value in src.ListFields():
-        if descriptor.name != "initializer":
-            copy_field(g, descriptor.name, value)
     declared = {v.name for v in src.input}
     for t in src.initializer:
         if not keep(t.name, t.data_type, math.prod(t.dims)):
@@ -654,6 +642,19 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             g.initializer.append(t)
     return skeleton
+
+
+def model_without(model: onnx.ModelProto, *graph_fields: str) -> onnx.ModelProto:
+    """A copy of ``model`` with every field but the named fields of its graph (say
+    ``"initializer"``): one copy of what is kept, none of what is left out."""
+    out = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            copy_field(out, descriptor.name, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name not in graph_fields:
+            copy_field(out.graph, descriptor.name, value)
+    return out
 
 
 def copy_field(dst: Message, name: str, value: object) -> None:

@@ -461,15 +461,8 @@ def _copied(message: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
 
 
 def _shell(source: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``source`` without its nodes, initializers, inputs and value_info."""
-    out = onnx.ModelProto()
-    for field, value in source.ListFields():
-        if field.name != "graph":
-            io.copy_field(out, field.name, value)
-    for field, value in source.graph.ListFields():
-        if field.name not in ("node", "initializer", "input", "output", "value_info"):
-            io.copy_field(out.graph, field.name, value)
-    return out
+    """A copy of ``source`` without its nodes, initializers, inputs, outputs and value_info."""
+    return io.model_without(source, "node", "initializer", "input", "output", "value_info")
 
 
 def _append_initializer(g: onnx.GraphProto, name: str, values: np.ndarray) -> None:

@@ -97,7 +97,7 @@ def prepare(model: onnx.ModelProto, light: onnx.ModelProto, shapes: ShapeInfo,
         if not step.folded:
             break
         if out.model is model and not in_place:
-            out.model = _copy_without_nodes(model)
+            out.model = io.model_without(model, "node", "initializer")
             step.write(out.model, fresh=True)
         else:
             step.write(out.model, fresh=False)
@@ -333,18 +333,6 @@ def _dead(nodes: list[onnx.NodeProto], folded: set[int], outputs: set[str]) -> s
         for x in n.input:
             readers[x] -= 1
     return dead
-
-
-def _copy_without_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` without its nodes and initializers (the folded round fills them in)."""
-    out = onnx.ModelProto()
-    for descriptor, value in model.ListFields():
-        if descriptor.name != "graph":
-            io.copy_field(out, descriptor.name, value)
-    for descriptor, value in model.graph.ListFields():
-        if descriptor.name not in ("node", "initializer"):
-            io.copy_field(out.graph, descriptor.name, value)
-    return out
 
 
 def _weight_makers(g: onnx.GraphProto) -> set[str]:
