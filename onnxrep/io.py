@@ -28,6 +28,7 @@ import os
 import signal
 import stat
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -518,18 +519,36 @@ HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[None]:
-    """Hold :data:`HELD_SIGNALS` until the block ends, where the platform can: a signal that
-    arrives meanwhile is delivered after it. Makes "create a file and record its name" one
-    step, so an interrupted write never leaves a file nobody knows to remove."""
-    try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-    except (AttributeError, OSError, ValueError):  # no signal masks here: best effort
+    """Hold :data:`HELD_SIGNALS` until the block ends: a signal that arrives meanwhile is
+    handled, as it would have been, once the block is over. Makes "create a file and record
+    its name" one step, so an interrupted write never leaves a file nobody knows to remove.
+
+    Held in Python, not with a signal mask: the kernel gives a process's signal to any thread
+    that does not block it (numpy's BLAS threads, say), and the interpreter then runs the
+    handler on the main thread wherever it is. Off the main thread handlers cannot be swapped
+    and nothing is held; nor where a handler was installed outside Python."""
+    if threading.current_thread() is not threading.main_thread() or any(
+            signal.getsignal(sig) is None for sig in HELD_SIGNALS):  # not ours to swap
         yield
         return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _: caught.append(signum))
+                for sig in HELD_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            _deliver(caught[0], previous[caught[0]])
+
+
+def _deliver(signum: int, handler: object) -> None:
+    """Handle ``signum`` as ``handler`` (what :func:`signal.signal` returned) would have."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
 
 
 def _new_temp(folder: Path, name: str, temps: list[str]) -> int:
