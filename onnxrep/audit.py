@@ -8,13 +8,8 @@ optimizer (a session at ``ORT_ENABLE_EXTENDED`` that writes its optimized graph 
 nothing; the layout transforms of ``ORT_ENABLE_ALL`` come after every fusion) and reads what it
 made of the model:
 
-- a node of the optimized graph *replaced* the nodes of the model on a path from its inputs to
-  its outputs that compute from the model's real inputs; it is a *fused kernel* when it
-  replaced more than one node and is of another type than the node whose output it computes
-  (else it is that node, with no-ops before it removed). Kernels are whatever the runtime
-  makes: Gelu, FusedConv, QuickGelu, FusedMatMul, LayerNormalization from a decomposed one, a
-  Conv with a BatchNormalization folded in, ... A kernel keeps *internal* the tensors the
-  nodes it replaced computed; its kind is its op type (with the activation, for FusedConv);
+- a *fused kernel* is a node of that graph that replaced several nodes of the model
+  (:mod:`onnxrep.fusions` says exactly when), keeping the tensors they computed internal;
 - the output *splits* a fused kernel of the input when a node of the kernel that the output
   still has as it was (same op, same inputs) computes its tensor in the output's optimized
   graph outside any kernel of the same kind: the idiom runs in pieces. Nodes a fold merged
@@ -23,9 +18,9 @@ made of the model:
 
 Only kernels a fold touched can be split: a kernel is *at risk* when a node it replaced was
 rewritten and one of its internal tensors is still computed in the output. Only then does the
-optimized model go through onnxruntime too; the input's inventory is made in a background
-thread while the passes run (onnxruntime releases the GIL), so a model whose folds touch no
-fused kernel pays almost nothing for the audit.
+optimized model go through onnxruntime too; the input's inventory is made in a helper process
+(which reads the kernels itself, :mod:`onnxrep.fusions`) while the passes run, so a model whose
+folds touch no fused kernel pays almost nothing for the audit.
 
 The audit hands onnxruntime a *light copy* (``io.light_copy``): float initializers of more than
 64 elements become graph inputs of the same shape (those a Quantize/DequantizeLinear reads
@@ -46,15 +41,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import IO
 
 import onnx
 
-from onnxrep import io
+from onnxrep import fusions, io
 from onnxrep.errors import one_line
+from onnxrep.fusions import Inventory, Kernel, Signature
 
 __all__ = [
     "AuditResult",
@@ -69,45 +64,12 @@ __all__ = [
     "kernels_of",
     "splits",
     "view",
+    "weights",
 ]
-
-TRANSPARENT = ("Identity", "Constant")
-"""Ops the runtime removes (and the pipeline canonicalizes away): no part of a fusion."""
-MAX_REPLACED = 256
-"""Nodes a kernel may replace before its extent is taken as unknown."""
-
-Signature = tuple[str, tuple[str, ...]]
-"""A node as the audit compares it: ``(op type, input names)``."""
 
 
 class AuditUnavailable(RuntimeError):
     """onnxruntime cannot optimize the model; the message says why."""
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One fused kernel: its kind, the tensors it keeps internal, and the outputs of every node
-    of the model it replaced (by which the pipeline names those nodes)."""
-
-    kind: str
-    outputs: tuple[str, ...]
-    internal: frozenset[str]
-    replaced: frozenset[str]
-
-
-@dataclass
-class Inventory:
-    """What onnxruntime's optimizer made of one model."""
-
-    kernels: list[Kernel]
-    produced: dict[str, str]
-    """Tensor → the kind of the kernel that computes it ('' for an ordinary op)."""
-    signatures: dict[str, Signature] = field(repr=False)
-    """Tensor → the node of the model (before optimizing) that computes it."""
-    seconds: float = 0.0
-
-    def counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(k.kind for k in self.kernels).items()))
 
 
 @dataclass(frozen=True)
@@ -165,85 +127,7 @@ def view(model: onnx.ModelProto) -> onnx.ModelProto:
 def inventory(model: onnx.ModelProto, weights: Iterable[str] = ()) -> Inventory:
     """Run onnxruntime's optimizer on ``model`` (an audited copy, whose graph inputs named in
     ``weights`` stand for initializers) and list its fused kernels."""
-    start = time.perf_counter()
-    optimized = _worker().exchange(model.SerializeToString())
-    return read(model, optimized, weights, time.perf_counter() - start)
-
-
-def read(model: onnx.ModelProto, optimized: bytes, weights: Iterable[str] = (),
-         seconds: float = 0.0) -> Inventory:
-    """The fused kernels in ``optimized`` (onnxruntime's optimized graph of ``model``).
-
-    Only nodes that compute from the model's real inputs count as replaced: the runtime's
-    constant folding of weight and shape arithmetic is no fusion."""
-    graph = onnx.GraphProto()
-    graph.ParseFromString(_graph_bytes(optimized))
-    signatures = {
-        name: (n.op_type, tuple(n.input)) for n in model.graph.node for name in n.output if name
-    }
-    static = set(weights) | {t.name for t in model.graph.initializer}
-    live = {v.name: -1 for v in model.graph.input if v.name not in static}
-    for i, n in enumerate(model.graph.node):  # topological order: what depends on a real input
-        if any(x in live for x in n.input):
-            live.update((x, i) for x in n.output if x)
-    kernels: list[Kernel] = []
-    produced: dict[str, str] = {}
-    for node in graph.node:
-        outputs = tuple(x for x in node.output if x)
-        kernel = _kernel(node, outputs, signatures, live)
-        if kernel is not None:
-            kernels.append(kernel)
-        for name in outputs:
-            produced[name] = kernel.kind if kernel is not None else ""
-    return Inventory(kernels, produced, signatures, seconds)
-
-
-def _graph_bytes(model: bytes) -> bytes:
-    """The serialized ``graph`` field of a serialized ModelProto (its initializers are not
-    needed, and the runtime's folded constants can be large)."""
-    parsed = onnx.ModelProto()
-    parsed.ParseFromString(model)
-    graph = parsed.graph
-    del graph.initializer[:]
-    return graph.SerializeToString()
-
-
-def _kernel(
-    node: onnx.NodeProto, outputs: tuple[str, ...], signatures: Mapping[str, Signature],
-    live: Mapping[str, int],
-) -> Kernel | None:
-    """``node`` as a fused kernel, or None when it replaced at most one node of the model.
-
-    The nodes it replaced are those on a path from its inputs to its outputs that compute from
-    a real input (``live``: tensor → position of its node in the model); a path from an input
-    the runtime made (a folded constant) is none."""
-    first = signatures.get(outputs[0]) if outputs else None
-    if first is None or first[0] == node.op_type:
-        return None  # a new node, or the model's own (no-ops before it may have gone)
-    activations = [x for x in node.input if x in live]
-    if not activations:
-        return None  # computed from constants only
-    stops = set(node.input)
-    seen: set[str] = set()
-    stack = list(outputs)
-    while stack:
-        name = stack.pop()
-        if name in stops or name in seen or name not in live or name not in signatures:
-            continue
-        seen.add(name)
-        if len(seen) > MAX_REPLACED:
-            return None
-        stack.extend(x for x in signatures[name][1] if x)
-    reach = set(activations)  # what computes from the kernel's own activations
-    for name in sorted(seen, key=live.__getitem__):  # in the model's order
-        if any(x in reach for x in signatures[name][1]):
-            reach.add(name)
-    replaced = {name for name in seen & reach if signatures[name][0] not in TRANSPARENT}
-    if len(replaced) <= len(outputs):
-        return None
-    activation = next((a.s.decode() for a in node.attribute if a.name == "activation"), None)
-    kind = f"{node.op_type}[{activation}]" if activation else node.op_type
-    return Kernel(kind, outputs, frozenset(replaced - set(outputs)), frozenset(replaced))
+    return Pending(model, weights).result()
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +164,7 @@ def splits(before: Inventory, after: Inventory,
 
 def kernels_of(model: onnx.ModelProto) -> Inventory:
     """The fused kernels onnxruntime makes of ``model`` (through its light copy)."""
-    return inventory(view(model), _weights(model))
+    return inventory(view(model), weights(model))
 
 
 def compare_models(a: onnx.ModelProto, b: onnx.ModelProto) -> list[Loss]:
@@ -288,21 +172,23 @@ def compare_models(a: onnx.ModelProto, b: onnx.ModelProto) -> list[Loss]:
     return splits(kernels_of(a), kernels_of(b))
 
 
-def _weights(model: onnx.ModelProto) -> set[str]:
+def weights(model: onnx.ModelProto) -> set[str]:
+    """The names of ``model``'s initializers: in its light copy, the graph inputs of those that
+    became inputs stand for weights."""
     return {t.name for t in model.graph.initializer}
 
 
 class Pending:
-    """The input's inventory: onnxruntime works on it in the helper process from the moment
-    this is created, while the caller goes on. ``light`` is the model's light copy, if the
-    caller has one."""
+    """An inventory in the making: onnxruntime works on ``copy`` (an audited copy, whose graph
+    inputs named in ``weights`` stand for initializers) in the helper process from the moment
+    this is created, while the caller goes on."""
 
-    def __init__(self, model: onnx.ModelProto, light: onnx.ModelProto | None = None) -> None:
-        self._copy = light if light is not None else view(model)
-        self._weights = _weights(model)
+    def __init__(self, copy: onnx.ModelProto, weights: Iterable[str]) -> None:
+        self._copy = copy
+        self._weights = set(weights)
         self._start = time.perf_counter()
         self._worker = _worker()
-        self._ticket = self._worker.submit(self._copy.SerializeToString())
+        self._ticket = self._worker.submit(copy.SerializeToString(), self._weights)
         self._result: Inventory | AuditUnavailable | None = None
 
     def result(self) -> Inventory:
@@ -310,9 +196,11 @@ class Pending:
         onnxruntime could not make it."""
         if self._result is None:
             try:
-                optimized = self._worker.collect(self._ticket)
-                self._result = read(self._copy, optimized, self._weights,
-                                    time.perf_counter() - self._start)
+                reply = self._worker.collect(self._ticket)
+                seconds = time.perf_counter() - self._start
+                self._result = (
+                    fusions.decode(reply[1:], seconds) if reply[:1] == fusions.KERNELS
+                    else fusions.read(self._copy, reply[1:], self._weights, seconds))
             except AuditUnavailable as e:
                 self._result = e
         if isinstance(self._result, AuditUnavailable):
@@ -323,37 +211,16 @@ class Pending:
 # --------------------------------------------------------------------------------------------
 # the helper process
 
-_WORKER_CODE = r"""
-import os, struct, sys, tempfile
-import onnxruntime as ort
-ort.set_default_logger_severity(3)
-source, sink = sys.stdin.buffer, sys.stdout.buffer
-with tempfile.TemporaryDirectory(prefix="onnxrep-audit-") as folder:
-    path = os.path.join(folder, "optimized.onnx")
-    while True:
-        head = source.read(16)
-        if len(head) < 16:
-            break
-        ticket, size = struct.unpack("<QQ", head)
-        data = source.read(size)
-        try:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            options.add_session_config_entry("session.disable_prepacking", "1")
-            options.optimized_model_filepath = path
-            ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-            with open(path, "rb") as f:
-                reply = b"\0" + f.read()
-        except Exception as e:
-            reply = b"\1" + " ".join(str(e).split())[:1000].encode()
-        sink.write(struct.pack("<QQ", ticket, len(reply)) + reply)
-        sink.flush()
+_WORKER_CODE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("onnxrep_fusions", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+module.serve()
 """
-"""The helper: reads ``(ticket, length, model)`` records on stdin and answers each with
-``(ticket, length, optimized graph or one-line error)``. It imports only onnxruntime."""
+"""The helper: :func:`onnxrep.fusions.serve`, loaded from its file (the package's other
+modules and their imports are not needed there)."""
 
 PIPE_WRITE = 1 << 16
 """Requests up to this size are written at once (the pipe holds them); larger ones by a
@@ -381,7 +248,8 @@ class _Worker:
         if self._process is None or self._process.poll() is not None:
             try:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE,
+                    [sys.executable, "-c", _WORKER_CODE, fusions.__file__],
+                    stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
                 )
             except OSError as e:
@@ -394,15 +262,16 @@ class _Worker:
         with self._lock, contextlib.suppress(AuditUnavailable):
             self._start()
 
-    def submit(self, data: bytes) -> int:
-        """Send a model; returns the ticket to collect its reply with."""
+    def submit(self, data: bytes, weights: Iterable[str] = ()) -> int:
+        """Send a serialized model (and the names of its inputs that stand for weights);
+        returns the ticket to collect its reply with."""
         with self._lock:
             self._tickets += 1
             ticket = self._tickets
             try:
                 stdin = self._start().stdin
                 assert stdin is not None
-                record = struct.pack("<QQ", ticket, len(data)) + data
+                record = fusions.request(ticket, data, weights)
                 if len(record) <= PIPE_WRITE:
                     stdin.write(record)
                     stdin.flush()
@@ -415,7 +284,8 @@ class _Worker:
             return ticket
 
     def collect(self, ticket: int) -> bytes:
-        """The optimized graph the process sent for ``ticket`` (waits for it)."""
+        """The reply the process sent for ``ticket`` (waits for it): its first byte says
+        whether the optimized model or its kernels follow (:mod:`onnxrep.fusions`)."""
         with self._lock:
             while ticket not in self._replies:
                 process = self._process
@@ -430,12 +300,9 @@ class _Worker:
             reply = self._replies.pop(ticket)
         if isinstance(reply, AuditUnavailable):
             raise reply
-        if reply[:1] != b"\0":
+        if reply[:1] == fusions.FAILED:
             raise AuditUnavailable(f"onnxruntime cannot optimize it: {reply[1:].decode()}")
-        return reply[1:]
-
-    def exchange(self, data: bytes) -> bytes:
-        return self.collect(self.submit(data))
+        return reply
 
     def close(self) -> None:
         process, self._process = self._process, None

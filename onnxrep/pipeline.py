@@ -286,7 +286,7 @@ class _Auditor:
         from onnxrep import audit
 
         self._audit = audit
-        self._pending = audit.Pending(original, light)
+        self._pending = audit.Pending(light, audit.weights(original))
         self.result = audit.AuditResult()
         self._rounds = 0
 

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import onnxrep
-from onnxrep import audit, idioms, io
+from onnxrep import audit, fusions, idioms, io
 from onnxrep.bench import BenchResult, Timing, ratio_interval
 from onnxrep.cli import EXIT_OK, EXIT_TOO_SLOW, main
 from onnxrep.report import not_faster
@@ -76,7 +76,7 @@ def test_nothing_at_risk_costs_no_second_run(monkeypatch: pytest.MonkeyPatch) ->
     calls = []
     real = audit._Worker.submit
     monkeypatch.setattr(audit._Worker, "submit",
-                        lambda self, data: calls.append(1) or real(self, data))
+                        lambda self, *a: calls.append(1) or real(self, *a))
     result = onnxrep.optimize(conv_model(gelu_torchscript))
     assert result.audit.before["Gelu"] == 1 and result.audit.at_risk == 0
     assert result.audit.after is None and len(calls) == 1  # the input's, in the background
@@ -89,6 +89,48 @@ def test_audit_off_and_unavailable() -> None:
     result = onnxrep.optimize(model)
     assert "onnxruntime cannot optimize it" in result.audit.unavailable
     assert "BatchNormalization" not in op_counts(result.model)
+
+
+def _serve(requests: list[bytes], idle: bool, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Run the helper's loop in this process on ``requests``; its replies, in order."""
+    import io as stdio
+    import os
+    import struct
+
+    monkeypatch.setattr(fusions, "_idle", lambda fd: idle)
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as w:
+        w.write(b"".join(requests))
+    sink = stdio.BytesIO()
+    try:
+        fusions.serve(read_end, sink)
+    finally:
+        os.close(read_end)
+    data, replies = sink.getvalue(), []
+    while data:
+        _, size = struct.unpack("<QQ", data[:16])
+        replies.append(data[16:16 + size])
+        data = data[16 + size:]
+    return replies
+
+
+def test_the_helper_reads_the_kernels_once_it_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Busy, the helper sends onnxruntime's optimized model and the caller reads it; idle, it
+    reads the kernels itself: both give the same inventory. A model it cannot optimize gets a
+    one-line error, and the loop goes on."""
+    model = conv_model(gelu_torchscript)
+    copy, weights = audit.view(model), audit.weights(model)
+    bad = conv_model(gelu_torchscript, dtype=np.float64)  # no float64 Conv kernel
+    requests = [fusions.request(1, copy.SerializeToString(), weights),
+                fusions.request(2, audit.view(bad).SerializeToString(), audit.weights(bad))]
+    raw, failed = _serve(requests, idle=False, monkeypatch=monkeypatch)
+    (kernels, _) = _serve(requests, idle=True, monkeypatch=monkeypatch)
+    assert raw[:1] == fusions.OPTIMIZED and kernels[:1] == fusions.KERNELS
+    assert failed[:1] == fusions.FAILED and b"\n" not in failed
+    here, there = fusions.read(copy, raw[1:], weights), fusions.decode(kernels[1:])
+    assert here.counts() == {"Gelu": 1}
+    assert (here.kernels, here.produced, here.signatures) == (
+        there.kernels, there.produced, there.signatures)
 
 
 def test_light_copy_keeps_what_fusions_read() -> None:
