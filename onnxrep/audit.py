@@ -99,6 +99,9 @@ class AuditResult:
     remaining: list[Loss] = field(default_factory=list)
     """Splits still in the output (none unless withdrawing could not undo them)."""
     unavailable: str | None = None
+    not_needed: bool = False
+    """Nothing was folded, so there was nothing to audit: the input's kernels were not waited
+    for (``before`` is empty)."""
     seconds: float = 0.0
     """Time the audit added to the optimization (waiting for it included)."""
 
@@ -107,7 +110,8 @@ class AuditResult:
             "before": self.before, "after": self.after, "at_risk": self.at_risk,
             "withdrawn": [asdict(x) for x in self.withdrawn],
             "remaining": [asdict(x) for x in self.remaining],
-            "unavailable": self.unavailable, "seconds": self.seconds,
+            "unavailable": self.unavailable, "not_needed": self.not_needed,
+            "seconds": self.seconds,
         }
 
 
@@ -191,6 +195,11 @@ class Pending:
         self._ticket = self._worker.submit(copy.SerializeToString(), self._weights)
         self._result: Inventory | AuditUnavailable | None = None
 
+    def cancel(self) -> None:
+        """The inventory is not wanted: its reply is dropped when it comes."""
+        if self._result is None:
+            self._worker.forget(self._ticket)
+
     def result(self) -> Inventory:
         """The inventory (the same on every call); raises :class:`AuditUnavailable` when
         onnxruntime could not make it."""
@@ -243,6 +252,7 @@ class _Worker:
         self._tickets = 0
         self._replies: dict[int, bytes | AuditUnavailable] = {}
         self._writers: list[threading.Thread] = []
+        self._forgotten: set[int] = set()
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self._process is None or self._process.poll() is not None:
@@ -293,7 +303,11 @@ class _Worker:
                     assert process is not None and process.stdout is not None
                     head = _read(process.stdout, 16)
                     number, size = struct.unpack("<QQ", head)
-                    self._replies[number] = _read(process.stdout, size)
+                    data = _read(process.stdout, size)
+                    if number in self._forgotten:
+                        self._forgotten.discard(number)
+                    else:
+                        self._replies[number] = data
                 except (AssertionError, OSError, EOFError) as e:
                     self._replies[ticket] = _failed(e)
                     self.close()
@@ -303,6 +317,12 @@ class _Worker:
         if reply[:1] == fusions.FAILED:
             raise AuditUnavailable(f"onnxruntime cannot optimize it: {reply[1:].decode()}")
         return reply
+
+    def forget(self, ticket: int) -> None:
+        """Drop the reply for ``ticket``, now or when it comes."""
+        with self._lock:
+            if self._replies.pop(ticket, None) is None:
+                self._forgotten.add(ticket)
 
     def close(self) -> None:
         process, self._process = self._process, None

@@ -297,10 +297,13 @@ class _Auditor:
         begin = time.perf_counter()
         result.after = None
         try:
+            if not run.applied:
+                if not self._rounds:  # no fold at all: nothing to audit, nor to wait for
+                    self._pending.cancel()
+                    result.not_needed = True
+                return False
             before = self._pending.result()
             result.before = before.counts()
-            if not run.applied:
-                return False
             signatures = {
                 t.name: (n.op, tuple(x.name for x in n.inputs))
                 for n in run.graph.nodes for t in n.outputs

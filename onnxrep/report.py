@@ -172,6 +172,8 @@ def audit_summary(r: OptimizeResult) -> str | None:
         return None
     if a.unavailable:
         return f"not run: {a.unavailable}"
+    if a.not_needed:
+        return "not needed: nothing was folded"
     n = sum(a.before.values())
     if not n:
         return "onnxruntime fuses no kernel in the input"

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 import onnxrep
-from onnxrep import audit, fusions, idioms, io
+from onnxrep import audit, fusions, idioms, io, report
 from onnxrep.bench import BenchResult, Timing, ratio_interval
 from onnxrep.cli import EXIT_OK, EXIT_TOO_SLOW, main
 from onnxrep.report import not_faster
@@ -80,6 +80,24 @@ def test_nothing_at_risk_costs_no_second_run(monkeypatch: pytest.MonkeyPatch) ->
     result = onnxrep.optimize(conv_model(gelu_torchscript))
     assert result.audit.before["Gelu"] == 1 and result.audit.at_risk == 0
     assert result.audit.after is None and len(calls) == 1  # the input's, in the background
+
+
+def test_nothing_folded_needs_no_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no fold the output is the input: the audit does not wait for onnxruntime, says
+    so, and the reply that comes later is dropped rather than kept."""
+    b = GraphBuilder(seed=2)
+    x = b.input([1, 4, 8, 8])
+    model = b.model([b.node("Relu", [b.conv(x, 4, 8, 3)])])  # a FusedConv, nothing to fold
+    collected = []
+    real = audit._Worker.collect
+    monkeypatch.setattr(audit._Worker, "collect",
+                        lambda self, t: collected.append(t) or real(self, t))
+    result = onnxrep.optimize(model)
+    assert result.applied == [] and result.audit.not_needed and result.audit.before == {}
+    assert collected == []
+    assert report.audit_summary(result) == "not needed: nothing was folded"
+    assert audit.kernels_of(model).counts() == {"FusedConv[Relu]": 1}  # collects past it
+    assert audit._worker()._replies == {} and audit._worker()._forgotten == set()
 
 
 def test_audit_off_and_unavailable() -> None:
