@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import queue
 import struct
 import subprocess
 import sys
@@ -231,10 +232,6 @@ module.serve()
 """The helper: :func:`onnxrep.fusions.serve`, loaded from its file (the package's other
 modules and their imports are not needed there)."""
 
-PIPE_WRITE = 1 << 16
-"""Requests up to this size are written at once (the pipe holds them); larger ones by a
-thread, so the caller never waits for the helper to read."""
-
 
 class _Worker:
     """One onnxruntime process, started on first use and kept for the life of this one.
@@ -243,74 +240,67 @@ class _Worker:
     optimizer's own work by a third (they share the interpreter's lock and the allocator); as
     a process on the other core it costs the optimizer next to nothing. It runs in a session
     of its own (a Ctrl-C at the terminal is for this process) and ends when this process
-    closes its stdin, at exit or when it dies. Requests are numbered; a reply read while
-    waiting for another is kept for its ticket."""
+    closes its stdin, at exit or when it dies.
+
+    Requests are numbered (tickets). A writer thread sends them in order and a reader thread
+    takes every reply as it comes, keeping it for its ticket (or dropping it, when its ticket
+    was forgotten): the caller never blocks on a full pipe, and the process never blocks
+    writing replies nobody reads. If the process dies, every ticket it had fails."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._process: subprocess.Popen[bytes] | None = None
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._tickets = 0
+        self._owner: dict[int, subprocess.Popen[bytes]] = {}
+        """Tickets still waiting for a reply → the process that has them."""
         self._replies: dict[int, bytes | AuditUnavailable] = {}
-        self._writers: list[threading.Thread] = []
         self._forgotten: set[int] = set()
+        self._started = False
 
     def _start(self) -> subprocess.Popen[bytes]:
+        """The running process (started if there is none); call with the lock held."""
         if self._process is None or self._process.poll() is not None:
             try:
-                self._process = subprocess.Popen(
+                process = subprocess.Popen(
                     [sys.executable, "-c", _WORKER_CODE, fusions.__file__],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
                 )
             except OSError as e:
                 raise AuditUnavailable(f"cannot start onnxruntime: {one_line(e)}") from None
-            atexit.register(self.close)
+            self._process, self._outbox = process, queue.SimpleQueue()
+            threading.Thread(target=self._send, args=(process, self._outbox), daemon=True).start()
+            threading.Thread(target=self._receive, args=(process,), daemon=True).start()
+            if not self._started:
+                atexit.register(self.close)
+                self._started = True
         return self._process
 
     def warm_up(self) -> None:
         """Start the process now (its imports take a moment) if it is not running."""
-        with self._lock, contextlib.suppress(AuditUnavailable):
+        with self._changed, contextlib.suppress(AuditUnavailable):
             self._start()
 
     def submit(self, data: bytes, weights: Iterable[str] = ()) -> int:
         """Send a serialized model (and the names of its inputs that stand for weights);
-        returns the ticket to collect its reply with."""
-        with self._lock:
+        returns the ticket to collect its reply with. Never waits for the process."""
+        with self._changed:
             self._tickets += 1
             ticket = self._tickets
             try:
-                stdin = self._start().stdin
-                assert stdin is not None
-                record = fusions.request(ticket, data, weights)
-                if len(record) <= PIPE_WRITE:
-                    stdin.write(record)
-                    stdin.flush()
-                else:
-                    writer = threading.Thread(target=_write, args=(stdin, record), daemon=True)
-                    writer.start()
-                    self._writers.append(writer)
-            except (OSError, AuditUnavailable) as e:
-                self._replies[ticket] = _failed(e)
+                self._owner[ticket] = self._start()
+            except AuditUnavailable as e:
+                self._replies[ticket] = e
+                return ticket
+            self._outbox.put(fusions.request(ticket, data, weights))
             return ticket
 
     def collect(self, ticket: int) -> bytes:
         """The reply the process sent for ``ticket`` (waits for it): its first byte says
         whether the optimized model or its kernels follow (:mod:`onnxrep.fusions`)."""
-        with self._lock:
-            while ticket not in self._replies:
-                process = self._process
-                try:
-                    assert process is not None and process.stdout is not None
-                    head = _read(process.stdout, 16)
-                    number, size = struct.unpack("<QQ", head)
-                    data = _read(process.stdout, size)
-                    if number in self._forgotten:
-                        self._forgotten.discard(number)
-                    else:
-                        self._replies[number] = data
-                except (AssertionError, OSError, EOFError) as e:
-                    self._replies[ticket] = _failed(e)
-                    self.close()
+        with self._changed:
+            self._changed.wait_for(lambda: ticket in self._replies)
             reply = self._replies.pop(ticket)
         if isinstance(reply, AuditUnavailable):
             raise reply
@@ -320,26 +310,63 @@ class _Worker:
 
     def forget(self, ticket: int) -> None:
         """Drop the reply for ``ticket``, now or when it comes."""
-        with self._lock:
-            if self._replies.pop(ticket, None) is None:
+        with self._changed:
+            if self._replies.pop(ticket, None) is None and ticket in self._owner:
                 self._forgotten.add(ticket)
 
+    def _send(self, process: subprocess.Popen[bytes], outbox: queue.SimpleQueue[bytes | None],
+              ) -> None:
+        """The writer thread: requests in order, until ``None`` (then the process's stdin
+        closes, and it ends)."""
+        stdin = process.stdin
+        assert stdin is not None
+        with contextlib.suppress(OSError, ValueError):
+            while (record := outbox.get()) is not None:
+                stdin.write(record)
+                stdin.flush()
+        with contextlib.suppress(OSError, ValueError):
+            stdin.close()
+
+    def _receive(self, process: subprocess.Popen[bytes]) -> None:
+        """The reader thread: every reply, kept for its ticket, until the process ends; then
+        whatever it still had fails."""
+        stdout = process.stdout
+        assert stdout is not None
+        error: BaseException = EOFError("the process ended")
+        try:
+            while True:
+                number, size = struct.unpack("<QQ", _read(stdout, 16))
+                data = _read(stdout, size)
+                with self._changed:
+                    self._owner.pop(number, None)
+                    if number in self._forgotten:
+                        self._forgotten.discard(number)
+                    else:
+                        self._replies[number] = data
+                    self._changed.notify_all()
+        except (OSError, EOFError, ValueError, struct.error) as e:
+            error = e
+        with self._changed:
+            for ticket in [t for t, p in self._owner.items() if p is process]:
+                del self._owner[ticket]
+                if ticket in self._forgotten:
+                    self._forgotten.discard(ticket)
+                else:
+                    self._replies[ticket] = _failed(error)
+            if self._process is process:
+                self._process = None
+            self._changed.notify_all()
+
     def close(self) -> None:
-        process, self._process = self._process, None
+        with self._changed:
+            process, self._process = self._process, None
+            outbox = self._outbox
         if process is not None and process.poll() is None:
-            with contextlib.suppress(OSError):
-                assert process.stdin is not None
-                process.stdin.close()
+            outbox.put(None)
             try:
                 process.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _write(stream: IO[bytes], data: bytes) -> None:
-    with contextlib.suppress(OSError):
-        stream.write(data)
-        stream.flush()
 
 
 def _read(stream: IO[bytes], n: int) -> bytes:

@@ -100,6 +100,43 @@ def test_nothing_folded_needs_no_audit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert audit._worker()._replies == {} and audit._worker()._forgotten == set()
 
 
+def test_requests_never_wait_for_replies_nobody_reads() -> None:
+    """Many requests in a row, large and small, most forgotten before their reply: the pipes
+    fill in both directions unless replies are read as they come; none may hang, mix up or
+    leak a reply."""
+    import threading
+
+    small = conv_model(gelu_torchscript)
+    b = GraphBuilder(seed=4)
+    x = b.input([1, 4, 8, 8])
+    for _ in range(300):  # a request of ~100 kB: more than a pipe holds
+        x = b.node("Relu", [b.conv(x, 4, 4, 1)])
+    large = b.model([x])
+    want = {id(large): {"FusedConv[Relu]": 300}, id(small): {"Gelu": 1}}
+    worker, seen = audit._worker(), []
+
+    def counts(model: onnx.ModelProto, reply: bytes) -> dict[str, int]:
+        if reply[:1] == fusions.KERNELS:
+            return fusions.decode(reply[1:]).counts()
+        return fusions.read(audit.view(model), reply[1:], audit.weights(model)).counts()
+
+    def run() -> None:
+        for i in range(121):  # every 40th collected: the replies between fill a pipe
+            model = large if i % 10 == 5 else small
+            ticket = worker.submit(audit.view(model).SerializeToString(), audit.weights(model))
+            if i % 40:
+                worker.forget(ticket)
+            else:
+                seen.append(counts(model, worker.collect(ticket)) == want[id(model)])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the audit's helper deadlocked"
+    assert len(seen) == 4 and all(seen)
+    assert worker._replies == {} and worker._forgotten == set() and worker._owner == {}
+
+
 def test_audit_off_and_unavailable() -> None:
     assert onnxrep.optimize(conv_model(gelu_torchscript), audit=False).audit is None
     # onnxruntime has no float64 Conv kernel: the audit says so and the folds go ahead
