@@ -117,10 +117,10 @@ def _interpreter_tuned() -> Iterator[None]:
 
     Python's cyclic collector walks every live object each time it runs; a graph of many
     thousand nodes makes that quadratic in model size, and nothing here needs it. The fusion
-    audit's thread spends its time in onnxruntime, which releases the GIL; each time it
-    returns it waits for the main thread to yield, by default up to 5 ms, which would leave
-    the main thread waiting for it at the end: a short switch interval hands the GIL over in
-    time."""
+    audit's threads wait on the pipes of its helper process and then need the GIL for a
+    moment (to send a request, to keep a reply); by default they would wait up to 5 ms for
+    the main thread to yield it, and the helper would start late: a short switch interval
+    hands the GIL over in time."""
     enabled = gc.isenabled()
     interval = sys.getswitchinterval()
     gc.disable()
