@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import queue
 import struct
 import subprocess
@@ -357,6 +358,23 @@ class _Worker:
                 self._process = None
             self._changed.notify_all()
 
+    def release(self) -> None:
+        """Let go of this process's ends of the pipes without ending the helper (it is
+        another process's); see :func:`_after_fork_in_child`. Their descriptors are pointed
+        at the null device rather than closed: the file objects, whose locks a thread of the
+        parent may have held, are never touched, and close only that when they go."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                for stream in (process.stdin, process.stdout):
+                    if stream is not None:
+                        os.dup2(null, stream.fileno())
+            finally:
+                os.close(null)
+
     def close(self) -> None:
         with self._changed:
             process, self._process = self._process, None
@@ -367,6 +385,7 @@ class _Worker:
                 process.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
 
 
 def _read(stream: IO[bytes], n: int) -> bytes:
@@ -387,6 +406,19 @@ def _worker() -> _Worker:
     if not _WORKERS:
         _WORKERS.append(_Worker())
     return _WORKERS[0]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has the parent's pipes to the helper but not the threads that serve
+    them: it lets go of its copies (the parent's helper is the parent's) and starts its own
+    helper when it needs one."""
+    for worker in _WORKERS:
+        worker.release()
+    _WORKERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def warm_up() -> None:

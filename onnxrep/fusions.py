@@ -13,9 +13,10 @@ The helper (:func:`serve`) is started by :mod:`onnxrep.audit` as a process of it
 this file by its path: it needs no other part of onnxrep, and nothing here imports onnx or
 onnxruntime at import time. It imports onnxruntime first (a fifth of a second) and answers
 with the optimized model as onnxruntime wrote it; once it is idle it imports onnx too (a
-second, on this machine, mostly ml_dtypes) and from then on reads the kernels itself and
-answers with them, so the caller's thread does not spend milliseconds walking protobuf
-messages while its own work waits.
+second, on a 2-core test machine, mostly ml_dtypes; a request that comes meanwhile waits for
+it, once per helper) and from then on reads the kernels itself and answers with them, so the
+caller's thread does not spend milliseconds walking protobuf messages while its own work
+waits.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -135,6 +136,44 @@ def test_requests_never_wait_for_replies_nobody_reads() -> None:
     assert not thread.is_alive(), "the audit's helper deadlocked"
     assert len(seen) == 4 and all(seen)
     assert worker._replies == {} and worker._forgotten == set() and worker._owner == {}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_forked_child_lets_go_of_the_parents_helper() -> None:
+    """The process forks while its helper runs: the child audits with a helper of its own,
+    and lets go of its copies of the parent's pipes, so the parent's helper still ends when
+    the parent closes them (not killed after a timeout) while the child lives on."""
+    import multiprocessing
+
+    model = conv_model(gelu_torchscript)
+    assert _kinds(model) == {"Gelu": 1}  # the parent's helper is up
+    worker = audit._worker()
+    fork = multiprocessing.get_context("fork")
+    audited, done = fork.Event(), fork.Event()
+    child = fork.Process(target=_audit_in_child, args=(model, audited, done))
+    child.start()
+    try:
+        assert audited.wait(timeout=60), "the child could not audit"
+        helper = worker._process
+        assert helper is not None
+        worker.close()
+        assert helper.returncode == 0  # ended by its stdin's end, not killed
+    finally:
+        done.set()
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert _kinds(model) == {"Gelu": 1}  # and the parent starts a new one
+
+
+def _audit_in_child(model: onnx.ModelProto, audited: Any, done: Any) -> None:
+    import os
+
+    if audit.kernels_of(model).counts() == {"Gelu": 1}:
+        audited.set()
+    done.wait(timeout=30)
+    os._exit(0)
 
 
 def test_audit_off_and_unavailable() -> None:
