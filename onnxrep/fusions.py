@@ -11,12 +11,12 @@ computed; its kind is its op type (with the activation, for FusedConv).
 
 The helper (:func:`serve`) is started by :mod:`onnxrep.audit` as a process of its own, loading
 this file by its path: it needs no other part of onnxrep, and nothing here imports onnx or
-onnxruntime at import time. It imports onnxruntime first (a fifth of a second) and answers
-with the optimized model as onnxruntime wrote it; once it is idle it imports onnx too (a
-second, on a 2-core test machine, mostly ml_dtypes; a request that comes meanwhile waits for
-it, once per helper) and from then on reads the kernels itself and answers with them, so the
-caller's thread does not spend milliseconds walking protobuf messages while its own work
-waits.
+onnxruntime at import time. It imports onnxruntime (a fifth of a second) and, for the model
+messages, only the protobuf module onnx generates (``onnx_ml_pb2``, loaded from its file: some
+30 ms, where the onnx package takes a second, mostly ml_dtypes). It reads the kernels itself
+and answers with them, so the caller's thread does not spend milliseconds walking protobuf
+messages while its own work waits; where that module cannot be found it answers with the
+optimized model as onnxruntime wrote it, and the caller reads it.
 """
 
 from __future__ import annotations
@@ -81,9 +81,7 @@ def read(model: onnx.ModelProto, optimized: bytes, weights: Iterable[str] = (),
 
     Only nodes that compute from the model's real inputs count as replaced: the runtime's
     constant folding of weight and shape arithmetic is no fusion."""
-    import onnx
-
-    parsed = onnx.ModelProto()
+    parsed = type(model)()  # onnx's ModelProto, or the helper's class of the same message
     parsed.ParseFromString(optimized)
     signatures = {
         name: (n.op_type, tuple(n.input)) for n in model.graph.node for name in n.output if name
@@ -168,21 +166,17 @@ def request(ticket: int, model: bytes, weights: Iterable[str]) -> bytes:
 def serve(source: int = 0, sink: BinaryIO | None = None) -> None:
     """The helper's loop: read request records from the file descriptor ``source`` until it
     closes, answer each on ``sink`` with ``(ticket, length)`` and a reply (its first byte says
-    which kind). Reads are unbuffered, so "is a request waiting" is a question to the pipe."""
+    which kind)."""
     import tempfile
 
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
     out = sink if sink is not None else sys.stdout.buffer
-    reading = False
+    model_class = _model_class()
     with tempfile.TemporaryDirectory(prefix="onnxrep-audit-") as folder:
         path = os.path.join(folder, "optimized.onnx")
         while True:
-            if not reading and _idle(source):
-                import onnx  # the slow import, while nothing waits for it
-
-                reading = True
             head = _read_exactly(source, 16)
             if head is None:
                 return
@@ -203,8 +197,8 @@ def serve(source: int = 0, sink: BinaryIO | None = None) -> None:
                 with open(path, "rb") as f:
                     optimized = f.read()
                 reply = OPTIMIZED + optimized
-                if reading:
-                    parsed = onnx.ModelProto()
+                if model_class is not None:
+                    parsed = model_class()
                     parsed.ParseFromString(model)
                     reply = KERNELS + encode(read(parsed, optimized, weights))
             except Exception as e:
@@ -213,14 +207,27 @@ def serve(source: int = 0, sink: BinaryIO | None = None) -> None:
             out.flush()
 
 
-def _idle(fd: int) -> bool:
-    """Nothing waits to be read on ``fd`` (where the platform can tell; else say busy)."""
+def _model_class() -> type | None:
+    """The ModelProto message class: onnx's, if it is imported here already, else the one of
+    onnx's generated protobuf module loaded from its file without the package (None if that
+    cannot be done)."""
+    if "onnx" in sys.modules:
+        return sys.modules["onnx"].ModelProto
     try:
-        import select
+        import importlib.util
 
-        return not select.select([fd], [], [], 0)[0]
-    except (ImportError, OSError, ValueError):
-        return False
+        spec = importlib.util.find_spec("onnx")
+        if spec is None or spec.origin is None:
+            return None
+        found = importlib.util.spec_from_file_location(
+            "onnxrep_onnx_ml_pb2", os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py"))
+        if found is None or found.loader is None:
+            return None
+        module = importlib.util.module_from_spec(found)
+        found.loader.exec_module(module)
+        return module.ModelProto
+    except Exception:  # any failure: the caller reads the optimized model itself
+        return None
 
 
 def _read_exactly(fd: int, n: int) -> bytes | None:

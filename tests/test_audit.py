@@ -185,13 +185,15 @@ def test_audit_off_and_unavailable() -> None:
     assert "BatchNormalization" not in op_counts(result.model)
 
 
-def _serve(requests: list[bytes], idle: bool, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Run the helper's loop in this process on ``requests``; its replies, in order."""
+def _serve(requests: list[bytes], reads: bool, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Run the helper's loop in this process on ``requests``; its replies, in order. Unless
+    it ``reads`` the kernels, it is as if it had no model class."""
     import io as stdio
     import os
     import struct
 
-    monkeypatch.setattr(fusions, "_idle", lambda fd: idle)
+    if not reads:
+        monkeypatch.setattr(fusions, "_model_class", lambda: None)
     read_end, write_end = os.pipe()
     with os.fdopen(write_end, "wb") as w:
         w.write(b"".join(requests))
@@ -208,23 +210,38 @@ def _serve(requests: list[bytes], idle: bool, monkeypatch: pytest.MonkeyPatch) -
     return replies
 
 
-def test_the_helper_reads_the_kernels_once_it_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Busy, the helper sends onnxruntime's optimized model and the caller reads it; idle, it
-    reads the kernels itself: both give the same inventory. A model it cannot optimize gets a
-    one-line error, and the loop goes on."""
+def test_the_helper_reads_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper reads the kernels itself; without a model class it sends onnxruntime's
+    optimized model and the caller reads it: both give the same inventory. A model it cannot
+    optimize gets a one-line error, and the loop goes on."""
     model = conv_model(gelu_torchscript)
     copy, weights = audit.view(model), audit.weights(model)
     bad = conv_model(gelu_torchscript, dtype=np.float64)  # no float64 Conv kernel
     requests = [fusions.request(1, copy.SerializeToString(), weights),
                 fusions.request(2, audit.view(bad).SerializeToString(), audit.weights(bad))]
-    raw, failed = _serve(requests, idle=False, monkeypatch=monkeypatch)
-    (kernels, _) = _serve(requests, idle=True, monkeypatch=monkeypatch)
+    (kernels, _) = _serve(requests, reads=True, monkeypatch=monkeypatch)
+    raw, failed = _serve(requests, reads=False, monkeypatch=monkeypatch)
     assert raw[:1] == fusions.OPTIMIZED and kernels[:1] == fusions.KERNELS
     assert failed[:1] == fusions.FAILED and b"\n" not in failed
     here, there = fusions.read(copy, raw[1:], weights), fusions.decode(kernels[1:])
     assert here.counts() == {"Gelu": 1}
     assert (here.kernels, here.produced, here.signatures) == (
         there.kernels, there.produced, there.signatures)
+
+
+def test_the_helper_does_not_import_onnx() -> None:
+    """The helper gets its model class from onnx's generated protobuf module alone: the onnx
+    package (a second to import) would hold up the first request, and the exit."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('f', "
+            "sys.argv[1]); m = importlib.util.module_from_spec(s); sys.modules['f'] = m; "
+            "s.loader.exec_module(m); c = m._model_class(); "
+            "print(c.__name__, c.DESCRIPTOR.full_name, 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, fusions.__file__], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["ModelProto", "onnx.ModelProto", "False"]
 
 
 def test_light_copy_keeps_what_fusions_read() -> None:
