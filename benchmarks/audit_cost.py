@@ -7,9 +7,10 @@ For every network of ``models.nets`` in every export form, the training-form exp
 optimized in this process ``--rounds`` times with the audit and as often without it,
 interleaved ABBA (A = without, B = with), after two warm-up runs of each. Reported: the
 medians of both, their ratio with a 95 % bootstrap interval over the rounds (``onnxrep.bench``'s
-``ratio_interval``), the time the audit spent on the main thread (waiting for its background
-thread included: ``OptimizeResult.audit.seconds``), how many fused kernels of the input it
-found, and how many a fold touched (those cost a second onnxruntime run on the output).
+``ratio_interval``), the time the audit spent on the main thread (waiting for its helper
+process included: ``OptimizeResult.audit.seconds``), how many fused kernels of the input it
+found (none looked for when nothing was folded), and how many a fold touched (those cost a
+second onnxruntime run on the output).
 
 With ``--cli N`` the same comparison runs ``onnxrep optimize IN -o OUT -q`` and the same with
 ``--no-audit`` as fresh processes, ``N`` ABBA rounds per network (imports included: what a
@@ -78,6 +79,7 @@ def in_process(path: Path, rounds: int) -> dict[str, Any]:
         "at_risk": final.audit.at_risk,
         "withdrawn": len(final.audit.withdrawn),
         "unavailable": final.audit.unavailable,
+        "not_needed": final.audit.not_needed,
     }
 
 
@@ -115,7 +117,9 @@ def markdown(record: dict[str, Any]) -> str:
     for r in rows:
         line = (f"| {r['net']} | {r['form']} | {r['without_ms']:.1f} | {r['with_ms']:.1f} | "
                 f"{r['ratio']:.3f} [{r['ratio_low']:.3f}, {r['ratio_high']:.3f}] | "
-                f"{r['main_thread_ms']:.2f} | {r['kernels']} | {r['at_risk']} |")
+                f"{r['main_thread_ms']:.2f} | "
+                f"{'- (nothing folded)' if r.get('not_needed') else r['kernels']} | "
+                f"{r['at_risk']} |")
         if "cli_ratio" in r:
             line += (f" {r['cli_ratio']:.3f} [{r['cli_ratio_low']:.3f}, "
                      f"{r['cli_ratio_high']:.3f}] |")
