@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from onnxrep.errors import OnnxrepError
-from onnxrep.pipeline import optimize
-from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
 if TYPE_CHECKING:
     from onnxrep.bench import BenchResult
+    from onnxrep.pipeline import optimize
+    from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
     from onnxrep.verify import CompareResult
 
 __version__ = "0.1.0"
@@ -54,10 +54,20 @@ def benchmark(a: Any, b: Any = None, *more: Any, **kwargs: Any) -> BenchResult:
     return _benchmark(a, b, *more, **kwargs)
 
 
+LAZY = {
+    "optimize": "pipeline", "Fold": "result", "ModelStats": "result",
+    "OptimizeResult": "result", "Skip": "result", "CompareResult": "verify",
+    "BenchResult": "bench",
+}
+"""Names imported on first use: importing onnxrep alone loads no onnx (a second, mostly
+ml_dtypes), so the command line can start the fusion audit's helper first."""
+
+
 def __getattr__(name: str) -> Any:
-    if name in ("CompareResult", "BenchResult"):
-        module = "verify" if name == "CompareResult" else "bench"
+    if name in LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"onnxrep.{module}"), name)
+        value = getattr(importlib.import_module(f"onnxrep.{LAZY[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(name)

@@ -45,13 +45,14 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import onnx
-
-from onnxrep import fusions, io
+from onnxrep import fusions
 from onnxrep.errors import one_line
 from onnxrep.fusions import Inventory, Kernel, Signature
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = [
     "AuditResult",
@@ -123,6 +124,8 @@ class AuditResult:
 
 def view(model: onnx.ModelProto) -> onnx.ModelProto:
     """The light copy of ``model`` the audit hands onnxruntime."""
+    from onnxrep import io  # imports onnx: not needed to start the helper
+
     return io.light_copy(model)
 
 
@@ -223,15 +226,18 @@ class Pending:
 # the helper process
 
 _WORKER_CODE = """
-import importlib.util, sys
+import importlib.util, os, sys
 spec = importlib.util.spec_from_file_location("onnxrep_fusions", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
 module.serve()
+os._exit(0)
 """
 """The helper: :func:`onnxrep.fusions.serve`, loaded from its file (the package's other
-modules and their imports are not needed there)."""
+modules and their imports are not needed there). When its stdin closes it has removed its
+temporary folder, and it leaves without tearing onnxruntime down (tens of milliseconds that
+this process would wait for at its exit)."""
 
 
 class _Worker:

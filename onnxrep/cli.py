@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from onnxrep import __version__, io
+from onnxrep import __version__
 from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.families import NAMES
 from onnxrep.progress import Progress
@@ -218,6 +218,8 @@ class _Console:
         except OSError:
             size = ""  # io.load names the problem
         with self.step(f"loading {path}{size}"):
+            from onnxrep import io
+
             return io.load_with_sources(path, check=check)
 
 
@@ -230,6 +232,7 @@ def _size(n: float) -> str:
 
 
 def _optimize(args: argparse.Namespace) -> int:
+    from onnxrep import io
     from onnxrep.pipeline import optimize
     from onnxrep.report import Report, StagedReport, render_text, report_format
     from onnxrep.result import ModelStats
@@ -253,7 +256,6 @@ def _optimize(args: argparse.Namespace) -> int:
                *([("the report", Path(args.report))] if args.report else [])]
     in_place = args.in_place and _same_file(src, dst)
     _check_outputs(outputs, [("the input", src)], in_place=in_place)
-    _warm_up(args)
     model, sources = ui.load_with_sources(src)
     inputs = [("the input", src), *(("the input's external data file", f) for f in sources[1:])]
     # --deploy-form is only timed: it may be an earlier output that this run replaces
@@ -306,8 +308,10 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _warm_up(args: argparse.Namespace) -> None:
-    """Start the fusion audit's onnxruntime process while the model loads."""
-    if not args.no_audit:
+    """Start the fusion audit's onnxruntime process first thing, for a command that audits: it
+    imports onnxruntime while this process imports onnx (a second) and loads the model, and
+    is ready when the first model comes."""
+    if getattr(args, "no_audit", True) is False:
         from onnxrep.audit import warm_up
 
         warm_up()
@@ -360,6 +364,7 @@ def _slow(timing: BenchResult, result: OptimizeResult | None,
     splits: list[str] = []
     in_onnxruntime = timing.runtime is None or timing.runtime.name == "onnxruntime"
     if result is None and len(models) >= 2 and in_onnxruntime:  # the audit reads its kernels
+        from onnxrep import io
         from onnxrep.audit import AuditUnavailable, compare_models
 
         with contextlib.suppress(AuditUnavailable):
@@ -376,6 +381,8 @@ def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[s
     data files, by device and inode: hard and symbolic links count), or that is another output
     of the same run. With ``in_place`` (the output model is the input model) its data file may
     be one of the input's too: the input is in memory before either is replaced."""
+    from onnxrep import io
+
     for _, path in outputs:
         io.refuse_special(path)
     seen: dict[tuple[object, ...], str] = {}
@@ -428,7 +435,6 @@ def _check(args: argparse.Namespace) -> int:
         raise OnnxrepError("--min-speedup must be a positive number")
     _check_outputs(outputs, [("the input", Path(args.input))])
     _require(args, parity=True, timing=True)
-    _warm_up(args)
     model, sources = ui.load_with_sources(args.input)
     inputs = [("the input", sources[0]),
               *(("the input's external data file", f) for f in sources[1:]),
@@ -585,6 +591,7 @@ def _library_warnings(args: argparse.Namespace, caught: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _warm_up(args)
     try:
         with _terminations_interrupt(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
