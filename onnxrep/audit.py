@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from onnxrep import fusions
 from onnxrep.errors import one_line
@@ -278,7 +278,8 @@ class _Worker:
                 raise AuditUnavailable(f"cannot start onnxruntime: {one_line(e)}") from None
             self._process, self._outbox = process, queue.SimpleQueue()
             threading.Thread(target=self._send, args=(process, self._outbox), daemon=True).start()
-            threading.Thread(target=self._receive, args=(process,), daemon=True).start()
+            threading.Thread(target=self._receive, args=(process, self._outbox),
+                             daemon=True).start()
             if not self._started:
                 atexit.register(self.close)
                 self._started = True
@@ -334,16 +335,19 @@ class _Worker:
         with contextlib.suppress(OSError, ValueError):
             stdin.close()
 
-    def _receive(self, process: subprocess.Popen[bytes]) -> None:
+    def _receive(self, process: subprocess.Popen[bytes],
+                 outbox: queue.SimpleQueue[bytes | None]) -> None:
         """The reader thread: every reply, kept for its ticket, until the process ends; then
         whatever it still had fails."""
         stdout = process.stdout
         assert stdout is not None
         error: BaseException = EOFError("the process ended")
         try:
-            while True:
-                number, size = struct.unpack("<QQ", _read(stdout, 16))
-                data = _read(stdout, size)
+            while (head := fusions.read_exactly(stdout.fileno(), 16)) is not None:
+                number, size = struct.unpack("<QQ", head)
+                data = fusions.read_exactly(stdout.fileno(), size)
+                if data is None:
+                    break
                 with self._changed:
                     self._owner.pop(number, None)
                     if number in self._forgotten:
@@ -351,8 +355,9 @@ class _Worker:
                     else:
                         self._replies[number] = data
                     self._changed.notify_all()
-        except (OSError, EOFError, ValueError, struct.error) as e:
+        except (OSError, ValueError, struct.error) as e:
             error = e
+        outbox.put(None)  # the writer thread ends too
         with self._changed:
             for ticket in [t for t, p in self._owner.items() if p is process]:
                 del self._owner[ticket]
@@ -392,13 +397,6 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _read(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise EOFError("the process ended")
-    return data
 
 
 def _failed(e: BaseException) -> AuditUnavailable:

@@ -177,11 +177,11 @@ def serve(source: int = 0, sink: BinaryIO | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="onnxrep-audit-") as folder:
         path = os.path.join(folder, "optimized.onnx")
         while True:
-            head = _read_exactly(source, 16)
+            head = read_exactly(source, 16)
             if head is None:
                 return
             ticket, size = struct.unpack("<QQ", head)
-            body = _read_exactly(source, size)
+            body = read_exactly(source, size)
             if body is None:
                 return
             weights, model = marshal.loads(body)
@@ -230,7 +230,7 @@ def _model_class() -> type | None:
         return None
 
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
+def read_exactly(fd: int, n: int) -> bytes | None:
     """``n`` bytes from ``fd``, or None at its end."""
     chunks, left = [], n
     while left:
