@@ -87,12 +87,13 @@ def _chain(end: gs.Node, ctx: RegionContext) -> tuple[list[gs.Node], int] | None
 
 
 def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...],
-             opset: int) -> tuple[np.ndarray, dict[int, float]] | None:
-    """Run the chain on tags: returns the output's tag array and the constant each id holds.
+             opset: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Run the chain on tags: returns the output's tag array and the constants, where tag
+    ``-1 - i`` holds ``constants[i]`` (ids are handed out in that order, one per element).
 
     Each node runs in :mod:`onnxrep.interpret` (numpy, onnx's reference evaluator for what it
     does not implement) on int64 tags in place of its values."""
-    values: dict[int, float] = {}
+    values: list[np.ndarray] = []
     current = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
     next_id = -1
     for k, node in enumerate(nodes):
@@ -106,13 +107,13 @@ def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...],
             elif i in _data_slots(node):
                 v = np.asarray(value, dtype=np.float64)
                 tags = np.arange(next_id, next_id - v.size, -1, dtype=np.int64)
-                values.update(zip(tags.tolist(), v.reshape(-1).tolist(), strict=True))
+                values.append(v.reshape(-1))
                 next_id -= v.size
                 inputs.append(tags.reshape(v.shape))
             else:
                 inputs.append(np.asarray(value))
         if node.op == "Pad" and (len(inputs) < 3 or inputs[2] is None):
-            values[next_id] = 0.0  # the default pad value, made visible as a tag
+            values.append(np.zeros(1))  # the default pad value, made visible as a tag
             inputs = [*inputs[:2], np.array(next_id, dtype=np.int64), *inputs[3:]]
             next_id -= 1
         proto = helper.make_node(node.op, [f"i{i}" for i in range(len(inputs))], ["y"],
@@ -121,11 +122,11 @@ def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...],
             (current,) = interpret.run(proto, inputs, opset)[:1]
         except Exception:  # a form nothing here runs: not provably a routing
             return None
-    return current, values
+    return current, np.concatenate(values) if values else np.zeros(0)
 
 
 def border_fill(
-    out: np.ndarray, values: dict[int, float], shape: tuple[int, ...]
+    out: np.ndarray, constants: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[tuple[int, ...], np.ndarray] | None:
     """``(pads, per-channel values)`` if ``out`` is the input placed at an offset inside a
     border of one constant per channel; else ``None``."""
@@ -147,13 +148,10 @@ def border_fill(
     border[interior] = False
     if not border.any() or np.any(out[border] >= 0):
         return None
-    lookup = np.full(-min(values) if values else 0, np.nan)  # tag -1 - i holds lookup[i]
-    for tag, value in values.items():
-        lookup[-1 - tag] = value
     by_channel = np.moveaxis(out, 1, 0).reshape(shape[1], -1)
     ring = np.moveaxis(border, 1, 0).reshape(shape[1], -1)[0]  # the same for every channel
-    held = lookup[-1 - by_channel[:, ring]]  # [channels, border cells]
-    if not np.all(held == held[:, :1]):  # one value per channel (NaN: none)
+    held = constants[-1 - by_channel[:, ring]]  # [channels, border cells]
+    if not np.all(held == held[:, :1]):  # one value per channel (NaN never equals itself)
         return None
     return begin + ends, held[:, 0].copy()
 
