@@ -57,15 +57,29 @@ def is_constant(tensor: gs.Tensor | None) -> bool:
 def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The values of a constant tensor (an initializer), else ``None``.
 
-    Read from the model each time: gs's ``Constant.values`` would keep a decoded copy of every
-    weight that was ever looked at, and export it re-encoded instead of the original tensor.
+    Large weights are read from the model each time: gs's ``Constant.values`` would keep a
+    decoded copy of every weight that was ever looked at, and export it re-encoded instead of
+    the original tensor. Small ones (BN statistics, scales, biases, shapes: read once per
+    candidate that passes them) are decoded once and kept, read-only, beside the lazy tensor.
     """
     if not isinstance(tensor, gs.Constant):
         return None
     raw = tensor._values  # gs has no public read that leaves a lazily loaded tensor lazy
-    if isinstance(raw, LazyValues):  # read-only, one copy of the bytes (gs's load makes two)
-        return numpy_helper.to_array(raw.tensor)
-    return raw
+    if not isinstance(raw, LazyValues):
+        return raw
+    kept = raw.__dict__.get(_DECODED)
+    if kept is not None:
+        return kept
+    values = numpy_helper.to_array(raw.tensor)  # one copy of the bytes (gs's load makes two)
+    if values.nbytes <= SMALL_CONSTANT:
+        values.flags.writeable = False
+        raw.__dict__[_DECODED] = values
+    return values
+
+
+SMALL_CONSTANT = 1 << 14
+"""Constants of at most this many bytes are decoded once per import (see ``constant``)."""
+_DECODED = "_onnxrep_decoded"
 
 
 def is_float(dtype: object) -> bool:

@@ -12,6 +12,7 @@ PP-YOLOE's ``alpha * conv1x1bn(x)`` and the per-channel ``s`` of a scaled residu
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import numerics as nx
@@ -42,13 +43,24 @@ def constant_affine_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     var, _ = found
     rank = ctx.shapes.rank(node.inputs[var].name)
     out = []
+    read: dict[tuple[int, int | None, int], tuple[np.ndarray, np.ndarray] | Refused] = {}
     for c in ctx.operands(node, var, FAMILY, layouts=(NC, LAST), suffixed=True):
         channels = c.map.cout if isinstance(c.map, nx.ConvMap) else c.map.channels
         tensor_rank = rank if rank is not None else c.map.rank + 2
         axis = tensor_rank - 1 if c.out_layout == LAST else 1
+        key = (tensor_rank, channels, axis)  # the candidates mostly agree: read it once
+        if key not in read:
+            try:
+                read[key] = binary_affine(node, tensor_rank, channels, axis)
+            except Refused as e:
+                read[key] = e
+        found_affine = read[key]
+        if isinstance(found_affine, Refused):
+            if c.nodes:
+                ctx.note(node, FAMILY, str(found_affine))
+            continue
         try:
-            scale, shift = binary_affine(node, tensor_rank, channels, axis)
-            out.append(c.then(node, nx.affine(c.map, scale, shift), FAMILY))
+            out.append(c.then(node, nx.affine(c.map, *found_affine), FAMILY))
         except Refused as e:
             if c.nodes:
                 ctx.note(node, FAMILY, str(e))
