@@ -38,6 +38,7 @@ from onnxrep.graph import (
     ShapeInfo,
     canonicalize,
     constant,
+    import_graph,
     is_float,
     numpy_dtypes,
     release_overridable,
@@ -245,7 +246,7 @@ def _passes(
     """Import ``original`` (whose constants are folded already; ``shapes`` is what shape
     inference knows of it), canonicalize, then run the passes to a fixpoint. Nodes whose
     output is in ``protected`` (and every runtime idiom) are left alone."""
-    graph = gs.import_onnx(original)
+    graph = import_graph(original)
     numpy_dtypes(graph)
     release_sparse(graph)
     release_overridable(graph, original)
