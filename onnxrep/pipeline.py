@@ -45,7 +45,7 @@ from onnxrep.graph import (
     release_sparse,
     subgraph_references,
 )
-from onnxrep.passes import PASSES, PREPARE, PassState
+from onnxrep.passes import PASSES, PREPARE, PassState, regions
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
 
 __all__ = ["export", "optimize"]
@@ -244,8 +244,10 @@ def _passes(
     max_rounds: int, protected: dict[str, str],
 ) -> _Run:
     """Import ``original`` (whose constants are folded already; ``shapes`` is what shape
-    inference knows of it), canonicalize, then run the passes to a fixpoint. Nodes whose
-    output is in ``protected`` (and every runtime idiom) are left alone."""
+    inference knows of it), canonicalize, then run the passes to a fixpoint: again while a
+    round folds something and leaves the graph ``unsettled`` (``regions.run`` says when a
+    round that folded leaves nothing for another). Nodes whose output is in ``protected``
+    (and every runtime idiom) are left alone."""
     graph = import_graph(original)
     numpy_dtypes(graph)
     release_sparse(graph)
@@ -265,14 +267,17 @@ def _passes(
     for rounds in range(1, max_rounds + 1):  # noqa: B007  (the count is reported)
         folds_this_round: list[Fold] = []
         skipped = []
+        state.unsettled = False
         for family, run in PASSES:
             if family in skipped_families:
                 continue
             folds, skips = run(graph, state)
             folds_this_round += folds
             skipped += skips
+            if folds and run is not regions.run:  # a rewrite the region pass has not seen
+                state.unsettled = True
         applied += folds_this_round
-        if not folds_this_round:
+        if not folds_this_round or not state.unsettled:
             break
     return _Run(graph, applied, skipped, rounds, removed, original, state.shapes)
 

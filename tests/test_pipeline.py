@@ -8,6 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import onnxrep
+from onnxrep.passes import regions
 from tests.builders import GraphBuilder, op_counts
 from tests.helpers import optimized
 
@@ -198,3 +199,40 @@ def test_every_candidate_left_has_a_reason() -> None:
             assert node.name in why, (node.op_type, why)
     assert "folds only into a conv" in why[next(
         n.name for n in result.model.graph.node if n.op_type == "BatchNormalization")]
+
+
+def _long_affine_chain(links: int) -> onnx.ModelProto:
+    g = GraphBuilder(seed=7)
+    x = g.input([1, 4, 6, 6])
+    y = g.conv(x, 4, 4, 3)
+    for i in range(links):
+        c = g.init(g.rng.uniform(0.5, 1.5, (1, 4, 1, 1)))
+        y = g.node("Mul" if i % 2 else "Add", [y, c])
+    return g.model([g.node("Relu", [y])])
+
+
+@pytest.mark.parametrize("links", [3, 12, 30])
+def test_a_chain_longer_than_a_tensor_remembers_folds_whole(links: int) -> None:
+    """Each tensor remembers its nearest sources only (regions.MAX_CANDIDATES): a chain longer
+    than that folds part of the way in a round, and the next round folds the rest."""
+    result = optimized(_long_affine_chain(links), {"Conv": 1, "Relu": 1})
+    if links < regions.MAX_CANDIDATES:  # all in reach: one round, and no second to confirm
+        assert result.rounds == 1
+    else:
+        assert result.rounds > 1
+    again = onnxrep.optimize(result.model)
+    assert not again.applied and again.rounds == 1
+
+
+def test_a_region_read_by_a_conv_a_pad_stopped_merges_in_a_second_round() -> None:
+    """``Pad0(Conv1x1(Sum(Conv1x1(x), Conv3x3(x))))`` (found by the fuzzer): the zero Pad folds
+    into the 1x1 conv but passes no longer regions on, so the first round writes two Convs;
+    the new Conv then meets the sum's Conv, which only a second round merges."""
+    g = GraphBuilder(seed=3)
+    x = g.input([1, 2, 5, 5])
+    s = g.node("Sum", [g.conv(x, 2, 2, 1, bias=False), g.conv(x, 2, 2, 3, bias=False)])
+    y = g.conv(s, 2, 2, 1, bias=False)
+    out = g.node("Pad", [y, g.init(np.zeros(8, np.int64))], mode="constant")
+    result = optimized(g.model([out]), {"Conv": 1})
+    assert result.rounds == 2
+    assert not onnxrep.optimize(result.model).applied

@@ -37,6 +37,9 @@ class PassState:
     opset: int
     protected: dict[str, str] = field(default_factory=dict)
     """Output tensor name → why its producer must stay as it is (a runtime's fused idiom)."""
+    unsettled: bool = False
+    """Set by a pass whose rewrites this round may let the region pass find more in the next
+    (see ``regions.run``); the pipeline clears it before each round."""
 
     def guard(self, node: gs.Node) -> str | None:
         """Why ``node`` may neither absorb nor be absorbed (``None`` when it may)."""

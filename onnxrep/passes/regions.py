@@ -373,7 +373,19 @@ def conv_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
 
 
 def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
-    """Run the rules over ``graph`` and rewrite every profitable, exact region as one Conv."""
+    """Run the rules over ``graph`` and rewrite every profitable, exact region as one Conv.
+
+    Another run over the result can find more only where this one could not see everything,
+    and then it sets ``state.unsettled``: a tensor had more candidates than it keeps (a chain
+    longer than ``MAX_CANDIDATES`` folds part of the way), a root was rebuilt in parts (new
+    Convs and sums), or a rewritten region reads a tensor that a region computes, which this
+    run did not extend through the whole region (the new Conv meets rules that a node of the
+    old region stopped: a Pad after a conv takes its pads but passes no longer regions on;
+    see ``_settled``). Otherwise a second run would find nothing: each rewritten
+    region is one Conv computing a candidate this run had, from a source no rule extends, so
+    the nodes downstream see no maps they did not see, at no higher cost (no merge found
+    unprofitable becomes profitable), and every tensor left keeps its readers.
+    """
     ctx = RegionContext(graph, state.shapes, state.pinned, state.skip, state.opset,
                         state.protected)
     names = state.names
@@ -390,7 +402,10 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
                 ctx.note(node, _label(found[0]), guard)
             continue
         if found and len(node.outputs) == 1:
-            ctx.candidates[id(node.outputs[0])] = _dedupe(found)[:MAX_CANDIDATES]
+            kept = _dedupe(found)
+            if len(kept) > MAX_CANDIDATES:
+                state.unsettled = True  # a source left out may be in reach next round
+            ctx.candidates[id(node.outputs[0])] = kept[:MAX_CANDIDATES]
 
     folds: list[Fold] = []
     absorbed: dict[int, gs.Node] = {}
@@ -416,6 +431,7 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
                 if news is not None:
                     replacements[id(node)] = (news, t)
                     folds.append(_partial_record(t, partial))
+                    state.unsettled = True  # new Convs and sums: regions nobody has seen
                     for n in (*partial.tree, *(n for c in partial.groups for n in c.nodes)):
                         absorbed[id(n)] = n
                     needed.update(id(c.source) for c in partial.groups)
@@ -427,6 +443,8 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
             continue
         news = _emit(t, best, weights, names)
         folds.append(_fold_record(t, best))
+        if not _settled(best, t, ctx):
+            state.unsettled = True
         for n in best.nodes:
             absorbed[id(n)] = n
         replacements[id(node)] = (news, t)
@@ -442,6 +460,34 @@ def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:
         if id(n) not in absorbed
     ]
     return folds, skips
+
+
+def _settled(best: Candidate, t: gs.Tensor, ctx: RegionContext) -> bool:
+    """The Conv that replaces ``best`` (written to ``t``) can merge, in another run, with no
+    region it could not merge with in this one. A region computing its source that a Conv
+    after it may extend (the sequential rule's test) was either extended through all of
+    ``best`` here already (one of ``t``'s candidates; not chosen, so not chosen again: the
+    new Conv costs less than what it replaced), or does not compose with it exactly, or
+    would cost more than the two apart."""
+    upstream = [c for c in ctx.candidates.get(id(best.source), ())
+                if c.nodes and not ctx.folds_back(c)]
+    if not upstream:
+        return True
+    if best.prefix or best.suffix:  # the new Conv reads a replayed node, not the source
+        return False
+    seen = {(id(c.source), frozenset(map(id, c.nodes))) for c in ctx.candidates.get(id(t), ())}
+    mine = frozenset(map(id, best.nodes))
+    for c in upstream:
+        if (id(c.source), mine | frozenset(map(id, c.nodes))) in seen:
+            continue
+        try:
+            merged = nx.compose(c.map, best.map)
+        except Refused:
+            continue
+        if nx.macs(merged) * c.density > (c.macs + conv_macs(best.map, c.map)) * (1 + 1e-9):
+            continue
+        return False
+    return True
 
 
 CONSIDERED = {
