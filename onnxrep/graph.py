@@ -45,28 +45,6 @@ FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_
 
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """onnx-graphsurgeon's import of ``model``, without the main graph's ``value_info``.
-
-    Nothing here reads what value_info gives gs (the dtype and shape of each intermediate
-    Variable): shapes and types come from :class:`ShapeInfo`, and the export carries the
-    original value_info over. gs would build a Variable for each entry, a third of the
-    import's time on a dynamo export, which lists every tensor. The model is read through a
-    view that shows an empty value_info, never copied nor changed."""
-    return gs.import_onnx(_View(model, graph=_View(model.graph, value_info=())))
-
-
-class _View:
-    """``message`` read through attribute access, some fields shown as ``shown`` says."""
-
-    def __init__(self, message: object, **shown: object) -> None:
-        self._message, self._shown = message, shown
-
-    def __getattr__(self, name: str) -> object:
-        shown = self.__dict__["_shown"]
-        return shown[name] if name in shown else getattr(self.__dict__["_message"], name)
-
-
 def is_default_domain(node: gs.Node) -> bool:
     return node.domain in ("", "ai.onnx", None)
 

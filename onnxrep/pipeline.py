@@ -38,7 +38,6 @@ from onnxrep.graph import (
     ShapeInfo,
     canonicalize,
     constant,
-    import_graph,
     is_float,
     numpy_dtypes,
     release_overridable,
@@ -248,7 +247,7 @@ def _passes(
     round folds something and leaves the graph ``unsettled`` (``regions.run`` says when a
     round that folded leaves nothing for another). Nodes whose output is in ``protected``
     (and every runtime idiom) are left alone."""
-    graph = import_graph(original)
+    graph = gs.import_onnx(original)
     numpy_dtypes(graph)
     release_sparse(graph)
     release_overridable(graph, original)
