@@ -236,3 +236,19 @@ def test_a_region_read_by_a_conv_a_pad_stopped_merges_in_a_second_round() -> Non
     result = optimized(g.model([out]), {"Conv": 1})
     assert result.rounds == 2
     assert not onnxrep.optimize(result.model).applied
+
+
+def test_a_merge_that_only_a_sum_downstream_pays_for_takes_a_second_round() -> None:
+    """``Add(Conv1x1(Pad0(BN(Conv3x3(x)))), Conv3x3(x))``: the first round folds the BN and the
+    Pad into their convs; the 3x3 then 1x1 pair alone would cost more as one Conv, but summed
+    with the parallel 3x3 of the same source it is one Conv that costs less: a second round
+    finds that, so a second optimize finds nothing."""
+    g = GraphBuilder(seed=5)
+    x = g.input([1, 16, 6, 6])
+    u = g.bn(g.conv(x, 16, 2, 3), 2)
+    p = g.node("Pad", [u, g.init(np.zeros(8, np.int64))], mode="constant")
+    t = g.conv(p, 2, 16, 1)
+    out = g.node("Add", [t, g.conv(x, 16, 16, 3)])
+    result = optimized(g.model([out]), {"Conv": 1})
+    assert result.rounds > 1
+    assert not onnxrep.optimize(result.model).applied

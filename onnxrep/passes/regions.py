@@ -467,8 +467,9 @@ def _settled(best: Candidate, t: gs.Tensor, ctx: RegionContext) -> bool:
     region it could not merge with in this one. A region computing its source that a Conv
     after it may extend (the sequential rule's test) was either extended through all of
     ``best`` here already (one of ``t``'s candidates; not chosen, so not chosen again: the
-    new Conv costs less than what it replaced), or does not compose with it exactly, or
-    would cost more than the two apart."""
+    new Conv costs less than what it replaced), or does not compose with it exactly. A new
+    composition counts even if it alone would cost more than the two apart: a larger region
+    downstream (a sum with a parallel conv of the same source) may still pay for it."""
     upstream = [c for c in ctx.candidates.get(id(best.source), ())
                 if c.nodes and not ctx.folds_back(c)]
     if not upstream:
@@ -481,10 +482,8 @@ def _settled(best: Candidate, t: gs.Tensor, ctx: RegionContext) -> bool:
         if (id(c.source), mine | frozenset(map(id, c.nodes))) in seen:
             continue
         try:
-            merged = nx.compose(c.map, best.map)
+            nx.compose(c.map, best.map)
         except Refused:
-            continue
-        if nx.macs(merged) * c.density > (c.macs + conv_macs(best.map, c.map)) * (1 + 1e-9):
             continue
         return False
     return True
