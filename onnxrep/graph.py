@@ -54,6 +54,11 @@ def is_constant(tensor: gs.Tensor | None) -> bool:
     return isinstance(tensor, gs.Constant)
 
 
+SMALL_CONSTANT = 1 << 14
+"""Constants of at most this many bytes are decoded once per import (see ``constant``)."""
+_DECODED = "_onnxrep_decoded"
+
+
 def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The values of a constant tensor (an initializer), else ``None``.
 
@@ -75,11 +80,6 @@ def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
         values.flags.writeable = False
         raw.__dict__[_DECODED] = values
     return values
-
-
-SMALL_CONSTANT = 1 << 14
-"""Constants of at most this many bytes are decoded once per import (see ``constant``)."""
-_DECODED = "_onnxrep_decoded"
 
 
 def is_float(dtype: object) -> bool:
