@@ -128,8 +128,9 @@ def spread(samples: list[float]) -> dict[str, Any]:
 def interleaved(
     contenders: dict[str, Callable[[], float]], repeats: int, warmup: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Run every contender ``repeats`` times, rotating their order each round; each call
-    returns its own time in seconds. One untimed call each first when ``warmup``."""
+    """Run every contender ``repeats`` times, rotating their order each round and reversing
+    the rotation every other cycle (two contenders: AB BA BA AB ..., three: all six orders);
+    each call returns its own time in seconds. One untimed call each first when ``warmup``."""
     names = list(contenders)
     if warmup:
         for name in names:
@@ -138,7 +139,7 @@ def interleaved(
     for r in range(repeats):
         k = r % len(names)
         order = names[k:] + names[:k]
-        if r % 2:
+        if (r // len(names)) % 2:
             order.reverse()
         for name in order:
             times[name].append(contenders[name]())

@@ -5,11 +5,12 @@
 
 ``REV`` (a git revision of this repository) is unpacked into a temporary folder as the
 package ``onnxrep_base`` (its imports renamed), so both versions optimize the same loaded
-ModelProto in the same process, alternating within every round (ABBA): the drift of this
-machine hits both alike. ``DIR`` holds the exports as ``NET.FORM.onnx`` (``speed.py --dir DIR
---keep`` writes them). Prints per file the medians of both, the ratio of the medians and the
-median of the per-round ratios, and whether the two wrote byte-identical models. The audit is
-off unless ``--audit`` (its helper process runs on the other core and adds its own noise).
+ModelProto in the same process, alternating within every round (``speed.interleaved``:
+AB BA BA AB ...): the drift of this machine hits both alike. ``DIR`` holds the exports as
+``NET.FORM.onnx`` (``speed.py --dir DIR --keep`` writes them). Prints per file the medians of
+both, the ratio of the medians and the median of the per-round ratios, and whether the two
+wrote byte-identical models. The audit is off unless ``--audit`` (its helper process runs on
+the other core and adds its own noise).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
+from speed import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +42,12 @@ def unpack(rev: str, folder: Path) -> None:
         path.write_text(re.sub(r"\bonnxrep\b(?=\.|\s+import|$)", "onnxrep_base", text,
                                flags=re.MULTILINE))
     package.rename(folder / "onnxrep_base")
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,14 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                 "now": lambda m=model: onnxrep.optimize(m, audit=args.audit),
             }
             for run in runs.values():
-                run()
-                run()
-            times: dict[str, list[float]] = {k: [] for k in runs}
-            for r in range(args.rounds):
-                for key in ("base", "now") if r % 2 else ("now", "base"):
-                    start = time.perf_counter()
-                    runs[key]()
-                    times[key].append(time.perf_counter() - start)
+                run()  # and interleaved's own warm-up call: two untimed runs each
+            spreads = interleaved({k: (lambda f=f: _seconds(f)) for k, f in runs.items()},
+                                  args.rounds)
+            times = {k: spread["samples"] for k, spread in spreads.items()}
             base, now = (statistics.median(times[k]) for k in ("base", "now"))
             paired = statistics.median(a / b for a, b in zip(times["now"], times["base"],
                                                              strict=True))
