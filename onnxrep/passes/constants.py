@@ -121,6 +121,10 @@ class _Round:
         self.wide: dict[str, np.ndarray] = {}
         """float64 values of float32/float16 ones that a weight's generating graph computed."""
         self.folded: list[int] = []
+        self._memo: dict[tuple[object, ...], list[np.ndarray] | None] = {}
+        """Results by what determines them (see :meth:`_evaluate`)."""
+        self._inference: dict[tuple[object, ...], list[tuple[int, ...] | None]] = {}
+        """Output shapes by what determines them (see :meth:`_infer`)."""
         self.shapes = shapes.shapes
         """Static shapes: what inference knew, and what this scan learns (copied on write)."""
         self._learned = False
@@ -170,52 +174,98 @@ class _Round:
 
     def _evaluate(self, node: onnx.NodeProto, shapes: ShapeInfo,
                   opset: int) -> list[np.ndarray] | None:
-        """The node's outputs if they are constants, else None."""
-        if node.op_type in ("Shape", "Size") and node.input and node.input[0] not in (
+        """The node's outputs if they are constants, else None.
+
+        A node that computes what an earlier node of the scan computed (the same op and
+        attributes on the very same input arrays, or a Constant of the same value, or the
+        Shape of a tensor of the same shape) gets that node's result, the same arrays:
+        exported border fills repeat one index computation per layer, so most of their nodes
+        are such repeats. Results are never written into, so sharing them is safe."""
+        op = node.op_type
+        if op in ("Shape", "Size") and node.input and node.input[0] not in (
             self.values
         ) and node.input[0] not in self.initializers:
             shape = self.shapes.get(node.input[0])
             if shape is None or any(d is None for d in shape):
                 return None
-            probe = np.lib.stride_tricks.as_strided(  # its shape, and no memory behind it
-                np.zeros(1, dtype=np.uint8), tuple(int(d) for d in shape), (0,) * len(shape))
-            return interpret.run(node, [probe], opset)
-        if node.op_type == "CastLike" and len(node.input) == 2:
+            key: tuple[object, ...] = ("shape of", op, _attributes(node), shape)
+            if key not in self._memo:
+                probe = np.lib.stride_tricks.as_strided(  # its shape, and no memory behind it
+                    np.zeros(1, dtype=np.uint8), tuple(int(d) for d in shape),
+                    (0,) * len(shape))
+                self._memo[key] = interpret.run(node, [probe], opset)
+            return self._memo[key]
+        if op == "CastLike" and len(node.input) == 2:
             value, elem = self._constant(node.input[0]), shapes.dtypes.get(node.input[1])
             if value is None or not elem:
                 return None
-            like = np.empty(0, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
-            return self._run(node, [value, like], opset)
-        if node.op_type == "Constant":
-            value = _constant_attribute(node)
-            if value is not None:
-                return [value]
-        elif not node.input or node.op_type in RANDOM:
+            key = ("like", op, _attributes(node), id(value), elem)
+            if key not in self._memo:
+                like = np.empty(0, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
+                self._memo[key] = self._run(node, [value, like], opset)
+            return self._memo[key]
+        if op == "Constant":
+            key = ("constant", op, _attributes(node))
+            if key not in self._memo:
+                value = _constant_attribute(node)
+                self._memo[key] = None if value is None else [value]
+            if self._memo[key] is not None:
+                return self._memo[key]
+        elif not node.input or op in RANDOM:
             return None  # a generator or a random draw is no constant
-        values = []
+        inputs: list[np.ndarray | None] = []
         for name in node.input:
             value = self._constant(name) if name else None
             if name and value is None:
                 return None
-            values.append(value)
-        return self._run(node, values, opset)
+            inputs.append(value)
+        # the ids are those of arrays self.values holds: none is freed while the scan runs
+        key = ("run", op, node.domain, _attributes(node), *(id(v) for v in inputs))
+        if key not in self._memo:
+            self._memo[key] = self._run(node, inputs, opset)
+        return self._memo[key]
 
     def _infer(self, node: onnx.NodeProto, shapes: ShapeInfo, opset: int) -> None:
         """Learn the static shapes of a node that stays, where inference did not know them
         but can now: a Pad whose pads were computed, a Reshape of a folded shape. Shapes
-        read downstream (a Shape of its output) then fold in this same scan."""
+        read downstream (a Shape of its output) then fold in this same scan. What inference
+        says depends only on the op, its attributes, its inputs' types and shapes and the
+        values of its small integer inputs: a node like an earlier one reuses its answer."""
         if all(_static(self.shapes.get(o)) for o in node.output if o):
             return
-        types, data = {}, {}
+        known = []
         for name in node.input:
             if not name:
+                known.append(None)
                 continue
             value = self.values.get(name)
             shape = value.shape if value is not None else self.shapes.get(name)
             elem = shapes.dtypes.get(name)
             if not _static(shape) or not elem:
                 return
-            types[name] = onnx.helper.make_tensor_type_proto(elem, shape)
+            small = value is not None and value.dtype.kind in "iu" and value.size <= 64
+            known.append((elem, tuple(shape), (value.dtype.str, value.tobytes()) if small
+                          else None))
+        key = ("infer", node.op_type, node.domain, _attributes(node), *known)
+        if key not in self._inference:
+            self._inference[key] = self._inferred(node, shapes, opset)
+        for name, shape in zip(node.output, self._inference[key], strict=False):
+            if name and shape is not None:
+                if not self._learned:
+                    self.shapes, self._learned = dict(self.shapes), True
+                self.shapes[name] = shape
+
+    def _inferred(self, node: onnx.NodeProto, shapes: ShapeInfo,
+                  opset: int) -> list[tuple[int, ...] | None]:
+        """The static output shapes onnx infers for ``node`` (None where it cannot tell)
+        from what this scan knows of its inputs."""
+        types, data = {}, {}
+        for name in node.input:
+            if not name:
+                continue
+            value = self.values.get(name)
+            shape = value.shape if value is not None else self.shapes[name]
+            types[name] = onnx.helper.make_tensor_type_proto(shapes.dtypes[name], shape)
             if value is not None and value.dtype.kind in "iu" and value.size <= 64:
                 data[name] = numpy_helper.from_array(value, name)
         try:
@@ -224,14 +274,14 @@ class _Round:
                 schema, node, types, data,
                 opset_imports=[onnx.helper.make_opsetid("", opset)])
         except Exception:  # inference is advisory: without it the Shape stays
-            return
-        for name, tp in inferred.items():
-            tt = tp.tensor_type
-            if name and tt.HasField("shape") and all(d.HasField("dim_value")
-                                                     for d in tt.shape.dim):
-                if not self._learned:
-                    self.shapes, self._learned = dict(self.shapes), True
-                self.shapes[name] = tuple(d.dim_value for d in tt.shape.dim)
+            return []
+        out: list[tuple[int, ...] | None] = []
+        for name in node.output:
+            tt = inferred[name].tensor_type if name in inferred else None
+            static = tt is not None and tt.HasField("shape") and all(
+                d.HasField("dim_value") for d in tt.shape.dim)
+            out.append(tuple(d.dim_value for d in tt.shape.dim) if static else None)
+        return out
 
     def _widened(self, node: onnx.NodeProto, opset: int) -> list[np.ndarray] | None:
         """The outputs of a node that computes a float32 or float16 weight, computed in
@@ -370,6 +420,11 @@ def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
                 names.update(x for s in sub.node for x in s.input)
                 names.update(_subgraph_reads(list(sub.node)))
     return names
+
+
+def _attributes(node: onnx.NodeProto) -> tuple[bytes, ...]:
+    """The node's attributes, serialized: with its op and inputs, what its result depends on."""
+    return tuple(a.SerializeToString() for a in node.attribute)
 
 
 def _constant_attribute(node: onnx.NodeProto) -> np.ndarray | None:

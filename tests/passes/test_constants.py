@@ -3,12 +3,14 @@ would only grow the model do not."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxrep import io
+from onnxrep import interpret, io
 from onnxrep.graph import ShapeInfo
 from onnxrep.passes import constants
 from tests.builders import GraphBuilder, op_counts
@@ -126,3 +128,61 @@ def test_random_draws_graph_outputs_and_subgraph_reads_stay() -> None:
     assert counts["RandomUniformLike"] == 1 and counts["Mul"] == 1 and counts["If"] == 1
     assert "Add" in counts and read in {t.name for t in model.graph.initializer}
     onnx.checker.check_model(model, full_check=True)
+
+
+def test_a_repeated_computation_is_evaluated_once_and_only_where_it_repeats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exported border fills repeat one index computation per layer: a node with the same
+    op, attributes and input values as an earlier one reuses its result; one that differs
+    in any of them is evaluated."""
+    calls: Counter[str] = Counter()
+    real = interpret.run
+
+    def counted(node: onnx.NodeProto, inputs: list[np.ndarray | None],
+                opset: int) -> list[np.ndarray]:
+        calls[node.op_type] += 1
+        return real(node, inputs, opset)
+
+    monkeypatch.setattr(interpret, "run", counted)
+    b = GraphBuilder(seed=28)
+    x = b.input([1, 4])
+    outs = []
+    for value, power in ((2.0, 2), (2.0, 2), (3.0, 2), (2.0, 3)):
+        c = b.node("Constant", [], value=numpy_helper.from_array(np.full(4, value, np.float32)))
+        p = b.node("Constant", [], value=numpy_helper.from_array(np.array(power, np.float32)))
+        shape = b.node("Shape", [x], start=1)  # of a variable: folds from its known shape
+        flat = b.node("Reshape", [b.node("Pow", [c, p]), shape])
+        outs.append(b.node("Add", [x, flat]))
+    model = _prepared(b.model(outs))
+
+    assert op_counts(model) == {"Add": 4}
+    assert calls == {"Pow": 3, "Shape": 1, "Reshape": 3}
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    added = [values[n.input[1]] for n in model.graph.node]
+    for got, want in zip(added, (4.0, 4.0, 9.0, 8.0), strict=True):
+        np.testing.assert_array_equal(got, np.full(4, want, np.float32))
+
+
+def test_shapes_learned_in_the_scan_are_right_for_every_repeat() -> None:
+    """Pads computed from constants: inference does not know the Pads' output shapes, the
+    scan learns them (the same answer for the same pads, a new one for new pads), and what
+    reads those shapes folds."""
+    b = GraphBuilder(seed=29)
+    x = b.input([1, 2, 5, 5])
+    outs, padded = [], []
+    for extra in (1, 1, 2):
+        base = b.init(np.array([0, 0, 1, 1, 0, 0, 1, 1]))
+        more = b.init(np.array([0, 0, extra, 0, 0, 0, 0, 0]))
+        padded.append(b.node("Pad", [x, b.node("Mul", [base, more])]))
+        zeros = b.node("ConstantOfShape", [b.node("Shape", [padded[-1]])])
+        outs.append(b.node("Add", [padded[-1], zeros]))
+    model = b.model(outs)
+    known = ShapeInfo.infer(model).shapes
+    assert [known.get(p) for p in padded] == [(None, None, None, None)] * 3
+
+    folded = _prepared(model)
+    assert op_counts(folded) == {"Pad": 3, "Add": 3}
+    dims = {t.name: list(t.dims) for t in folded.graph.initializer}
+    added = [dims[n.input[1]] for n in folded.graph.node if n.op_type == "Add"]
+    assert added == [[1, 2, 6, 5], [1, 2, 6, 5], [1, 2, 7, 5]]  # extra rows on top
