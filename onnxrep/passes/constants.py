@@ -28,8 +28,10 @@ evaluator cannot run (they run at run time).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -72,6 +74,17 @@ PLAIN = frozenset({
 })
 """Element types constant folding computes in numpy."""
 """Ops that fold from what shape inference knows of a variable (its shape, its type)."""
+
+
+class _Row(NamedTuple):
+    """A node's fields, read out of its protobuf once per scan (each read of a protobuf
+    field builds new Python objects; the scan looks at every field several times)."""
+
+    op: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    proto: onnx.NodeProto
 
 
 @dataclass
@@ -129,37 +142,41 @@ class _Round:
         """Static shapes: what inference knew, and what this scan learns (copied on write)."""
         self._learned = False
         outputs = {v.name for v in g.output}
-        nodes = list(g.node)
+        rows = [_Row(n.op_type, n.domain, tuple(n.input), tuple(n.output), n) for n in g.node]
         with np.errstate(all="ignore"):  # run time would compute the same Inf or NaN
-            self._scan(nodes, shapes, opset, outputs)
-        dead = _dead(nodes, set(self.folded), outputs)  # what only folded shapes read
+            self._scan(rows, shapes, opset, outputs)
+        dead = _dead(rows, set(self.folded), outputs)  # what only folded shapes read
         self.folded = sorted(set(self.folded) | dead)
         folded = set(self.folded)
-        self.kept = [n for i, n in enumerate(nodes) if i not in folded]
-        self.read = {x for n in self.kept for x in n.input} | outputs | _subgraph_reads(
+        kept = [r for i, r in enumerate(rows) if i not in folded]
+        self.kept = [r.proto for r in kept]
+        self.read = {x for r in kept for x in r.inputs} | outputs | _subgraph_reads(
             self.kept)
         self.frontier = {name: v for name, v in self.values.items()
                          if name in self.read and name not in self.initializers}
 
-    def _scan(self, nodes: list[onnx.NodeProto], shapes: ShapeInfo, opset: int,
+    def _scan(self, rows: list[_Row], shapes: ShapeInfo, opset: int,
               outputs: set[str]) -> None:
-        makers = _weight_makers(self.source)
+        makers = _weight_makers(rows, self.source)
         exotic = {name for name, elem in shapes.dtypes.items() if elem not in PLAIN}
-        for i, node in enumerate(nodes):
-            if node.domain not in ("", "ai.onnx") or not outputs.isdisjoint(node.output):
+        for i, row in enumerate(rows):
+            if row.domain not in ("", "ai.onnx") or not outputs.isdisjoint(row.outputs):
                 continue
-            if exotic and not (exotic.isdisjoint(node.input) and exotic.isdisjoint(node.output)):
+            if exotic and not (exotic.isdisjoint(row.inputs)
+                               and exotic.isdisjoint(row.outputs)):
                 continue
-            weight = not makers.isdisjoint(node.output)
-            if not weight and node.op_type not in BOUNDED and _huge(node, shapes):
+            weight = bool(makers) and not makers.isdisjoint(row.outputs)
+            if not weight and row.op not in BOUNDED and _huge(row.outputs, shapes):
                 continue
-            result = self._widened(node, opset) if weight else None
+            result = self._widened(row, opset) if weight else None
             if result is None:
-                result = self._evaluate(node, shapes, opset)
-            if result is None or (not weight and self._grows(node, result)):
-                self._infer(node, shapes, opset)
+                result = self._evaluate(row, shapes, opset)
+            if result is None or (not weight and self._grows(row, result)):
+                self._infer(row, shapes, opset)
                 continue
-            self.values.update((o, v) for o, v in zip(node.output, result, strict=False) if o)
+            for name, value in zip(row.outputs, result, strict=False):
+                if name:
+                    self.values[name] = value
             self.folded.append(i)
 
     def _constant(self, name: str) -> np.ndarray | None:
@@ -172,7 +189,7 @@ class _Round:
         self.values[name] = value
         return value
 
-    def _evaluate(self, node: onnx.NodeProto, shapes: ShapeInfo,
+    def _evaluate(self, row: _Row, shapes: ShapeInfo,
                   opset: int) -> list[np.ndarray] | None:
         """The node's outputs if they are constants, else None.
 
@@ -181,11 +198,11 @@ class _Round:
         Shape of a tensor of the same shape) gets that node's result, the same arrays:
         exported border fills repeat one index computation per layer, so most of their nodes
         are such repeats. Results are never written into, so sharing them is safe."""
-        op = node.op_type
-        if op in ("Shape", "Size") and node.input and node.input[0] not in (
-            self.values
-        ) and node.input[0] not in self.initializers:
-            shape = self.shapes.get(node.input[0])
+        op, node, read = row.op, row.proto, row.inputs
+        if op in ("Shape", "Size") and read and read[0] not in self.values and (
+            read[0] not in self.initializers
+        ):
+            shape = self.shapes.get(read[0])
             if shape is None or any(d is None for d in shape):
                 return None
             key: tuple[object, ...] = ("shape of", op, _attributes(node), shape)
@@ -195,8 +212,8 @@ class _Round:
                     (0,) * len(shape))
                 self._memo[key] = interpret.run(node, [probe], opset)
             return self._memo[key]
-        if op == "CastLike" and len(node.input) == 2:
-            value, elem = self._constant(node.input[0]), shapes.dtypes.get(node.input[1])
+        if op == "CastLike" and len(read) == 2:
+            value, elem = self._constant(read[0]), shapes.dtypes.get(read[1])
             if value is None or not elem:
                 return None
             key = ("like", op, _attributes(node), id(value), elem)
@@ -211,30 +228,30 @@ class _Round:
                 self._memo[key] = None if value is None else [value]
             if self._memo[key] is not None:
                 return self._memo[key]
-        elif not node.input or op in RANDOM:
+        elif not read or op in RANDOM:
             return None  # a generator or a random draw is no constant
         inputs: list[np.ndarray | None] = []
-        for name in node.input:
+        for name in read:
             value = self._constant(name) if name else None
             if name and value is None:
                 return None
             inputs.append(value)
         # the ids are those of arrays self.values holds: none is freed while the scan runs
-        key = ("run", op, node.domain, _attributes(node), *(id(v) for v in inputs))
+        key = ("run", op, row.domain, _attributes(node), *(id(v) for v in inputs))
         if key not in self._memo:
             self._memo[key] = self._run(node, inputs, opset)
         return self._memo[key]
 
-    def _infer(self, node: onnx.NodeProto, shapes: ShapeInfo, opset: int) -> None:
+    def _infer(self, row: _Row, shapes: ShapeInfo, opset: int) -> None:
         """Learn the static shapes of a node that stays, where inference did not know them
         but can now: a Pad whose pads were computed, a Reshape of a folded shape. Shapes
         read downstream (a Shape of its output) then fold in this same scan. What inference
         says depends only on the op, its attributes, its inputs' types and shapes and the
         values of its small integer inputs: a node like an earlier one reuses its answer."""
-        if all(_static(self.shapes.get(o)) for o in node.output if o):
+        if all(_static(self.shapes.get(o)) for o in row.outputs if o):
             return
         known = []
-        for name in node.input:
+        for name in row.inputs:
             if not name:
                 known.append(None)
                 continue
@@ -246,10 +263,10 @@ class _Round:
             small = value is not None and value.dtype.kind in "iu" and value.size <= 64
             known.append((elem, tuple(shape), (value.dtype.str, value.tobytes()) if small
                           else None))
-        key = ("infer", node.op_type, node.domain, _attributes(node), *known)
+        key = ("infer", row.op, row.domain, _attributes(row.proto), *known)
         if key not in self._inference:
-            self._inference[key] = self._inferred(node, shapes, opset)
-        for name, shape in zip(node.output, self._inference[key], strict=False):
+            self._inference[key] = self._inferred(row.proto, shapes, opset)
+        for name, shape in zip(row.outputs, self._inference[key], strict=False):
             if name and shape is not None:
                 if not self._learned:
                     self.shapes, self._learned = dict(self.shapes), True
@@ -283,13 +300,13 @@ class _Round:
             out.append(tuple(d.dim_value for d in tt.shape.dim) if static else None)
         return out
 
-    def _widened(self, node: onnx.NodeProto, opset: int) -> list[np.ndarray] | None:
+    def _widened(self, row: _Row, opset: int) -> list[np.ndarray] | None:
         """The outputs of a node that computes a float32 or float16 weight, computed in
         float64 and rounded once (None if it is not such a node or not a constant)."""
-        if node.op_type not in WIDENED:
+        if row.op not in WIDENED:
             return None
         declared, wide = [], []
-        for name in node.input:
+        for name in row.inputs:
             value = self._constant(name) if name else None
             if name and value is None:
                 return None
@@ -301,11 +318,11 @@ class _Round:
         (dtype,) = floats
         wide = [v.astype(np.float64) if v is not None and v.dtype.kind == "f" else v
                 for v in wide]
-        result = self._run(node, wide, opset)
+        result = self._run(row.proto, wide, opset)
         if result is None:
             return None
         out = []
-        for name, value in zip(node.output, result, strict=False):
+        for name, value in zip(row.outputs, result, strict=False):
             if value.dtype == np.float64:
                 self.wide[name] = value
                 value = value.astype(dtype)
@@ -320,12 +337,12 @@ class _Round:
         except (interpret.Unevaluable, ValueError, TypeError, IndexError, OverflowError):
             return None  # left to run time
 
-    def _grows(self, node: onnx.NodeProto, result: list[np.ndarray]) -> bool:
+    def _grows(self, row: _Row, result: list[np.ndarray]) -> bool:
         """The result exceeds ``SIZE_LIMIT`` and everything the node reads."""
         made = sum(v.nbytes for v in result)
         if made <= SIZE_LIMIT:
             return False
-        read = sum(v.nbytes for v in (self._constant(x) for x in node.input if x)
+        read = sum(v.nbytes for v in (self._constant(x) for x in row.inputs if x)
                    if v is not None)
         return made > read
 
@@ -363,43 +380,43 @@ class _Round:
         g.value_info.extend(kept_info)
 
 
-def _dead(nodes: list[onnx.NodeProto], folded: set[int], outputs: set[str]) -> set[int]:
+def _dead(rows: list[_Row], folded: set[int], outputs: set[str]) -> set[int]:
     """Indices of the nodes no kept node, graph output or subgraph reads any more (a Slice
     whose output only a folded Shape read): ONNX ops have no side effects, so they go."""
     readers: dict[str, int] = {}
-    for i, n in enumerate(nodes):
+    for i, r in enumerate(rows):
         if i not in folded:
-            for x in n.input:
+            for x in r.inputs:
                 readers[x] = readers.get(x, 0) + 1
-    pinned = outputs | _subgraph_reads([n for i, n in enumerate(nodes) if i not in folded])
+    pinned = outputs | _subgraph_reads(
+        [r.proto for i, r in enumerate(rows) if i not in folded])
     dead: set[int] = set()
-    for i in reversed(range(len(nodes))):
-        n = nodes[i]
-        if i in folded or n.domain not in ("", "ai.onnx"):
+    for i in reversed(range(len(rows))):
+        r = rows[i]
+        if i in folded or r.domain not in ("", "ai.onnx"):
             continue
-        if any(readers.get(o, 0) or o in pinned for o in n.output if o):
+        if any(readers.get(o, 0) or o in pinned for o in r.outputs if o):
             continue
         dead.add(i)
-        for x in n.input:
+        for x in r.inputs:
             readers[x] -= 1
     return dead
 
 
-def _weight_makers(g: onnx.GraphProto) -> set[str]:
+def _weight_makers(rows: list[_Row], g: onnx.GraphProto) -> set[str]:
     """The tensors computed from constants only on the way to a layer's weight slot (a
     MatMul's or Gemm's activation operand is no weight, so what computes it is none)."""
-    producer: dict[str, onnx.NodeProto] = {}
+    producer: dict[str, _Row] = {}
     derived = {"", *(t.name for t in g.initializer)}  # "": an omitted optional input
     stack = []
-    for n in g.node:  # topological: constants, and shapes of anything
-        outputs = n.output
-        for o in outputs:
-            producer[o] = n
-        if n.op_type in ("Shape", "Size") or derived.issuperset(n.input):
-            derived.update(outputs)
-        slots = WEIGHT_SLOTS.get(n.op_type)
+    for r in rows:  # topological: constants, and shapes of anything
+        for o in r.outputs:
+            producer[o] = r
+        if r.op in ("Shape", "Size") or derived.issuperset(r.inputs):
+            derived.update(r.outputs)
+        slots = WEIGHT_SLOTS.get(r.op)
         if slots:
-            stack.extend(n.input[i] for i in slots if i < len(n.input))
+            stack.extend(r.inputs[i] for i in slots if i < len(r.inputs))
     derived.discard("")
     makers: set[str] = set()
     while stack:
@@ -407,7 +424,7 @@ def _weight_makers(g: onnx.GraphProto) -> set[str]:
         if name in makers or name not in derived or name not in producer:
             continue
         makers.add(name)
-        stack.extend(producer[name].input)
+        stack.extend(producer[name].inputs)
     return makers
 
 
@@ -438,13 +455,18 @@ def _static(shape: tuple[int | None, ...] | None) -> bool:
     return shape is not None and all(d is not None for d in shape)
 
 
-def _huge(node: onnx.NodeProto, shapes: ShapeInfo) -> bool:
-    """Shape inference says the node's result is far over the size limit (not even worth
+def _huge(outputs: tuple[str, ...], shapes: ShapeInfo) -> bool:
+    """Shape inference says a node's ``outputs`` are far over the size limit (not even worth
     computing to look at)."""
     total = 0
-    for name in node.output:
+    for name in outputs:
         shape, elem = shapes.shapes.get(name), shapes.dtypes.get(name)
-        if shape is None or elem is None or any(d is None for d in shape):
+        if shape is None or elem is None or None in shape:
             return False
-        total += math.prod(shape) * onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+        total += math.prod(shape) * _itemsize(elem)
     return total > 16 * SIZE_LIMIT
+
+
+@functools.cache
+def _itemsize(elem: int) -> int:
+    return onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
