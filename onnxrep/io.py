@@ -319,10 +319,15 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
         for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _nodes(sub)
+            if attr.type in _MAY_HOLD_GRAPHS:  # one read for the attributes that cannot
+                if attr.HasField("g"):
+                    yield from _nodes(attr.g)
+                for sub in attr.graphs:
+                    yield from _nodes(sub)
+
+
+_MAY_HOLD_GRAPHS = frozenset({
+    onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.UNDEFINED})
 
 
 def save(
@@ -404,11 +409,25 @@ def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
-    """The exact serialized size in bytes, computed without encoding any weights (protobuf's
-    own ``ByteSize()`` encodes the whole message, and refuses past 2 GB)."""
+    """The exact serialized size in bytes. protobuf's own ``ByteSize()`` encodes the whole
+    message (and refuses past 2 GB): it is used while the initializers hold at most
+    ``ENCODE_BELOW`` bytes (encoding a small model is quicker than taking it apart); larger
+    models are sized without encoding any weights."""
+    if _payload_bound(model) < ENCODE_BELOW:
+        return model.ByteSize()
     layout = _Layout(model)
     graph = len(_varint(_GRAPH << 3 | 2)) + len(_varint(layout.graph_size)) + layout.graph_size
     return len(layout.head) + (graph if model.HasField("graph") else 0) + len(layout.tail)
+
+
+ENCODE_BELOW = 1 << 26
+"""Models whose initializers hold fewer bytes than this are sized by encoding them."""
+
+
+def _payload_bound(model: onnx.ModelProto) -> int:
+    """At least the bytes ``model``'s initializers hold (8 a value, whatever their type;
+    external data counted as if it were inside)."""
+    return 8 * sum(math.prod(t.dims) for t in model.graph.initializer)
 
 
 _GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number

@@ -664,9 +664,14 @@ def test_cli_failure_during_save_keeps_the_existing_output(good: Path, tmp_path:
     assert _leftovers(tmp_path, "out.onnx", "good.onnx") == []
 
 
-def test_chunked_serialization_and_size_match_protobuf(tmp_path: Path) -> None:
-    """save() writes one tensor at a time and serialized_size() encodes no weights; both must
-    agree with protobuf to the byte."""
+@pytest.mark.parametrize("encoded", [True, False], ids=["encoded", "laid-out"])
+def test_chunked_serialization_and_size_match_protobuf(tmp_path: Path, monkeypatch,
+                                                       encoded: bool) -> None:
+    """save() writes one tensor at a time and serialized_size() encodes no weights of a large
+    model (a small one it encodes); both must agree with protobuf to the byte."""
+    if not encoded:
+        monkeypatch.setattr(io, "ENCODE_BELOW", 0)
+        monkeypatch.setattr(onnx.ModelProto, "ByteSize", None)  # must not be called
     model = big_weight_model()
     model.doc_string = "after the graph in field order"
     onnx.helper.set_model_props(model, {"k": "v"})
