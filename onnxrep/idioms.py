@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import constant, is_default_domain
+from onnxrep.graph import ShapeInfo, constant, is_default_domain
 
 __all__ = ["Idiom", "find"]
 
@@ -57,15 +57,17 @@ class Idiom:
                 "folding into it would split the kernel")
 
 
-def find(graph: gs.Graph) -> list[Idiom]:
-    """Every idiom occurrence in ``graph`` (a node belongs to at most one)."""
+def find(graph: gs.Graph, shapes: ShapeInfo | None = None) -> list[Idiom]:
+    """Every idiom occurrence in ``graph`` (a node belongs to at most one). ``shapes``, what
+    shape inference knows of the graph, tells the ranks that decide whether a reduction is
+    over the last axes (without it, only the shapes the model lists)."""
     found: list[Idiom] = []
     taken: set[int] = set()
     for node in graph.nodes:
         if not is_default_domain(node):
             continue
         matcher = _MATCHERS.get(node.op)
-        idiom = matcher(node) if matcher is not None else None
+        idiom = matcher(node, shapes) if matcher is not None else None
         if idiom is None or any(id(n) in taken for n in idiom.nodes):
             continue
         taken.update(id(n) for n in idiom.nodes)
@@ -201,7 +203,7 @@ def _x_times(anchor: gs.Node, head: list[gs.Node], out: gs.Tensor, factor: float
     return None
 
 
-def _erf(node: gs.Node) -> Idiom | None:
+def _erf(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     add = _plus_one(node.outputs[0])
     if add is None:
         return None
@@ -216,7 +218,7 @@ def _erf(node: gs.Node) -> Idiom | None:
     return None
 
 
-def _tanh(node: gs.Node) -> Idiom | None:
+def _tanh(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     source = _producer(node.inputs[0])
     if source is not None and source.op == "Softplus":  # x * tanh(softplus(x))
         return _x_times(source, [node], node.outputs[0], 1.0, "Mish", ())
@@ -226,17 +228,17 @@ def _tanh(node: gs.Node) -> Idiom | None:
     return _x_times(node, [add], add.outputs[0], 0.5, "Gelu (tanh approximation)")
 
 
-def _sigmoid(node: gs.Node) -> Idiom | None:
+def _sigmoid(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     return _x_times(node, [], node.outputs[0], 1.0, "SiLU", ()) or _x_times(
         node, [], node.outputs[0], 1.0, "QuickGelu", ("Mul",)
     )
 
 
-def _hard_sigmoid(node: gs.Node) -> Idiom | None:
+def _hard_sigmoid(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     return _x_times(node, [], node.outputs[0], 1.0, "HardSwish", ())
 
 
-def _clip(node: gs.Node) -> Idiom | None:
+def _clip(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     """``clip(x + 3, 0, 6) / 6`` (HardSigmoid), times ``x`` (HardSwish)."""
     if len(node.inputs) >= 3:
         low, high = _scalar(node.inputs[1]), _scalar(node.inputs[2])
@@ -259,7 +261,7 @@ def _clip(node: gs.Node) -> Idiom | None:
     return None
 
 
-def _trailing(node: gs.Node) -> bool:
+def _trailing(node: gs.Node, shapes: ShapeInfo | None) -> bool:
     """A ReduceMean over the last axes (what a normalization over features reduces; runtimes
     fuse no other), keeping them."""
     axes = node.attrs.get("axes")
@@ -267,16 +269,17 @@ def _trailing(node: gs.Node) -> bool:
         axes = constant(node.inputs[1])
     if axes is None or not int(node.attrs.get("keepdims", 1)):
         return False
-    shape = node.inputs[0].shape
-    rank = len(shape) if shape is not None else None
+    rank = shapes.rank(node.inputs[0].name) if shapes is not None else None
+    if rank is None and node.inputs[0].shape is not None:
+        rank = len(node.inputs[0].shape)
     wanted = sorted(int(a) if int(a) < 0 or rank is None else int(a) - rank
                     for a in np.asarray(axes).reshape(-1))
     return bool(wanted) and wanted == list(range(-len(wanted), 0))
 
 
-def _reduce_mean(node: gs.Node) -> Idiom | None:
+def _reduce_mean(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     """The variance ReduceMean of a LayerNormalization or an RMS normalization."""
-    if not _trailing(node):
+    if not _trailing(node, shapes):
         return None
     square = _producer(node.inputs[0])
     if square is None or not (
@@ -290,7 +293,7 @@ def _reduce_mean(node: gs.Node) -> Idiom | None:
     name = "RMS normalization"
     if centre is not None and centre.op == "Sub":
         mean = _producer(centre.inputs[1])
-        if (mean is not None and mean.op == "ReduceMean" and _trailing(mean)
+        if (mean is not None and mean.op == "ReduceMean" and _trailing(mean, shapes)
                 and mean.inputs[0] is centre.inputs[0]):
             nodes = [mean, centre, square, node]
             name = "LayerNormalization"
@@ -321,7 +324,7 @@ def _reduce_mean(node: gs.Node) -> Idiom | None:
     return Idiom(name, tuple(nodes))
 
 
-def _quantize(node: gs.Node) -> Idiom | None:
+def _quantize(node: gs.Node, shapes: ShapeInfo | None = None) -> Idiom | None:
     """``DequantizeLinear`` → op → ``QuantizeLinear``: the op and its Q/DQ nodes."""
     source = _producer(node.inputs[0])
     if source is None or source.op in ("DequantizeLinear", "QuantizeLinear"):

@@ -255,7 +255,7 @@ def _passes(
     opset = next(o.version for o in original.opset_import if o.domain in ("", "ai.onnx"))
     state = PassState(shapes, pinned, Names.of(original), skipped_families, opset)
     removed = canonicalize(graph, pinned)
-    for idiom in idioms.find(graph):
+    for idiom in idioms.find(graph, shapes):
         for node in idiom.nodes:
             state.protected[node.outputs[0].name] = idiom.reason
     state.protected.update(protected)

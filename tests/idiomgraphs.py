@@ -98,11 +98,11 @@ def mish(b: GraphBuilder, x: str) -> str:
     return b.node("Mul", [x, b.node("Tanh", [b.node("Softplus", [x])])])
 
 
-def layer_norm(b: GraphBuilder, x: str) -> str:
+def layer_norm(b: GraphBuilder, x: str, axis: int = -1) -> str:
     """LayerNormalization over the last axis, decomposed as below opset 17."""
-    mean = b.node("ReduceMean", [x], axes=[-1])
+    mean = b.node("ReduceMean", [x], axes=[axis])
     d = b.node("Sub", [x, mean])
-    var = b.node("ReduceMean", [b.node("Pow", [d, _c(b, 2.0)])], axes=[-1])
+    var = b.node("ReduceMean", [b.node("Pow", [d, _c(b, 2.0)])], axes=[axis])
     n = b.node("Div", [d, b.node("Sqrt", [b.node("Add", [var, _c(b, 1e-5)])])])
     gamma = b.init(b.rng.uniform(0.5, 1.5, C))
     beta = b.init(b.rng.standard_normal(C) * 0.3)
@@ -135,6 +135,9 @@ ACTIVATIONS: dict[str, tuple[Idiom, str]] = {
 
 NORMALIZATIONS: dict[str, tuple[Idiom, str]] = {
     "layer_norm": (layer_norm, "LayerNormalization"),
+    # the last axis by its positive number: only the input's rank (shape inference; the
+    # model lists no value_info) says it is the last
+    "layer_norm_positive_axis": (lambda b, x: layer_norm(b, x, axis=1), "LayerNormalization"),
     "rms_norm": (rms_norm, "RMS normalization"),
 }
 """Normalizations on ``[N, C]`` between two Gemms."""

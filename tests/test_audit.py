@@ -29,7 +29,7 @@ from tests.idiomgraphs import conv_model, gelu_torchscript, gemm_model, layer_no
 @pytest.fixture
 def no_idiom_list(monkeypatch: pytest.MonkeyPatch) -> None:
     """A runtime fusion that no list names: the guard knows no idiom at all."""
-    monkeypatch.setattr(idioms, "find", lambda graph: [])
+    monkeypatch.setattr(idioms, "find", lambda graph, shapes=None: [])
 
 
 def _kinds(model: onnx.ModelProto) -> dict[str, int]:

@@ -18,6 +18,7 @@ import pytest
 import onnxrep
 from onnxrep import audit, idioms
 from onnxrep.cli import main
+from onnxrep.graph import ShapeInfo
 from tests.builders import GraphBuilder, op_counts
 from tests.helpers import optimized
 from tests.idiomgraphs import (
@@ -32,7 +33,8 @@ from tests.idiomgraphs import (
 
 
 def _found(model: onnx.ModelProto) -> list[tuple[str, list[str]]]:
-    return [(i.name, [n.op for n in i.nodes]) for i in idioms.find(gs.import_onnx(model))]
+    found = idioms.find(gs.import_onnx(model), ShapeInfo.infer(model))
+    return [(i.name, [n.op for n in i.nodes]) for i in found]
 
 
 def _fused(model: onnx.ModelProto) -> Counter[str]:
@@ -89,7 +91,7 @@ def test_without_the_guard_the_fold_splits_gelu(monkeypatch: pytest.MonkeyPatch)
     """The control: with no idiom list and no audit, the 0.5 of GELU folds into the conv and
     onnxruntime no longer fuses a Gelu (so the tests above can fail)."""
     model = conv_model(gelu_torchscript)
-    monkeypatch.setattr(idioms, "find", lambda graph: [])
+    monkeypatch.setattr(idioms, "find", lambda graph, shapes=None: [])
     result = onnxrep.optimize(model, audit=False)
     assert _idiom_ops(result.model)["Mul"] == _idiom_ops(model)["Mul"] - 1
     assert _fused(result.model)["Gelu"] == 0
