@@ -44,6 +44,29 @@ __all__ = [
 FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16))
 
 
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """onnx-graphsurgeon's import of ``model``, without the main graph's ``value_info``.
+
+    What value_info gives gs is each intermediate Variable's dtype and shape, and gs builds a
+    Variable per entry: a third of the import's time on a dynamo export, which lists every
+    tensor. The passes take shapes and types from :class:`ShapeInfo` instead (which knows
+    what value_info says and what inference adds): :func:`numpy_dtypes` types the variables
+    from it, :func:`onnxrep.idioms.find` reads ranks from it, and the export carries the
+    original value_info over. The model is read through a view that shows an empty
+    value_info, never copied nor changed."""
+    return gs.import_onnx(_View(model, graph=_View(model.graph, value_info=())))
+
+
+class _View:
+    """``message`` read through attribute access, some fields shown as ``shown`` says."""
+
+    def __init__(self, message: object, **shown: object) -> None:
+        self._message, self._shown = message, shown
+
+    def __getattr__(self, name: str) -> object:
+        shown = self.__dict__["_shown"]
+        return shown[name] if name in shown else getattr(self.__dict__["_message"], name)
+
 
 def is_default_domain(node: gs.Node) -> bool:
     return node.domain in ("", "ai.onnx", None)
@@ -97,11 +120,15 @@ def fold_refusal(what: str, dtype: object) -> Refused:
     return Refused(f"{what} is {d.name}, not a float")
 
 
-def numpy_dtypes(graph: gs.Graph) -> None:
+def numpy_dtypes(graph: gs.Graph, shapes: ShapeInfo | None = None) -> None:
     """Give every tensor of ``graph`` a numpy dtype: onnx-graphsurgeon keeps ONNX's type number
-    for the types numpy lacks (bfloat16, the float8 types), which ml_dtypes provides."""
+    for the types numpy lacks (bfloat16, the float8 types), which ml_dtypes provides, and a
+    variable it has no type for (:func:`import_graph` shows it no value_info) gets the type
+    shape inference found (``shapes``)."""
     for t in graph.tensors().values():
         elem = t.dtype
+        if elem is None and shapes is not None and isinstance(t, gs.Variable):
+            elem = shapes.dtypes.get(t.name)
         if not isinstance(elem, int) or isinstance(elem, bool):
             continue
         try:

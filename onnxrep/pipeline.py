@@ -38,6 +38,7 @@ from onnxrep.graph import (
     ShapeInfo,
     canonicalize,
     constant,
+    import_graph,
     is_float,
     numpy_dtypes,
     release_overridable,
@@ -247,8 +248,8 @@ def _passes(
     round folds something and leaves the graph ``unsettled`` (``regions.run`` says when a
     round that folded leaves nothing for another). Nodes whose output is in ``protected``
     (and every runtime idiom) are left alone."""
-    graph = gs.import_onnx(original)
-    numpy_dtypes(graph)
+    graph = import_graph(original)
+    numpy_dtypes(graph, shapes)
     release_sparse(graph)
     release_overridable(graph, original)
     pinned = subgraph_references(graph) | {t.name for t in graph.outputs}

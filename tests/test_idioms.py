@@ -69,10 +69,16 @@ def test_activation_idiom_is_kept_whole(name: str) -> None:
         before, after)
 
 
+@pytest.mark.parametrize("listed", [False, True], ids=["no-value-info", "value-info"])
 @pytest.mark.parametrize("name", sorted(NORMALIZATIONS))
-def test_normalization_idiom_is_kept_whole(name: str) -> None:
+def test_normalization_idiom_is_kept_whole(name: str, listed: bool) -> None:
+    """With and without value_info in the model (TorchScript exports list none, dynamo
+    exports every tensor): the passes see the graph without it and read shape inference."""
     build, label = NORMALIZATIONS[name]
     model = gemm_model(build)
+    if listed:
+        model = onnx.shape_inference.infer_shapes(model)
+        assert model.graph.value_info
     assert [found for found, _ in _found(model)] == [label]
     result = optimized(model, audit=False)
     assert _idiom_ops(result.model) == _idiom_ops(model)

@@ -252,3 +252,24 @@ def test_a_merge_that_only_a_sum_downstream_pays_for_takes_a_second_round() -> N
     result = optimized(g.model([out]), {"Conv": 1})
     assert result.rounds > 1
     assert not onnxrep.optimize(result.model).applied
+
+
+def test_the_passes_see_no_value_info_and_type_variables_from_inference() -> None:
+    """The graph is imported without the model's value_info (gs would build a Variable per
+    entry): intermediate variables get their types from shape inference instead, and the
+    model itself keeps its value_info."""
+    from onnxrep.graph import ShapeInfo, import_graph, numpy_dtypes
+
+    b = GraphBuilder(seed=40)
+    x = b.input([1, 4, 6, 6])
+    mid = b.node("Relu", [b.conv(x, 4, 4, 3)])
+    model = onnx.shape_inference.infer_shapes(b.model([b.conv(mid, 4, 4, 1)]))
+    listed = len(model.graph.value_info)
+    assert listed >= 2
+
+    graph = import_graph(model)
+    tensors = graph.tensors()
+    assert tensors[mid].shape is None and tensors[mid].dtype is None
+    numpy_dtypes(graph, ShapeInfo.infer(model))
+    assert tensors[mid].dtype == np.float32
+    assert len(model.graph.value_info) == listed
