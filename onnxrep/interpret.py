@@ -93,7 +93,10 @@ def _reference(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None],
         outputs = ReferenceEvaluator(model).run(None, feeds)
     except Exception as e:  # an op or form the reference evaluator does not run either
         raise Unevaluable(f"{node.op_type}: {' '.join(str(e).split())[:200]}") from None
-    return [np.asarray(v) for v in outputs]
+    # one result per output of the node, lined up with node.output: an omitted output gets
+    # an empty placeholder (callers skip outputs without a name)
+    computed = iter(outputs)
+    return [np.asarray(next(computed)) if o else np.empty(0) for o in node.output]
 
 
 # --------------------------------------------------------------------------------------------

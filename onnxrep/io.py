@@ -411,10 +411,11 @@ def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
 def serialized_size(model: onnx.ModelProto) -> int:
     """The exact serialized size in bytes. protobuf's own ``ByteSize()`` encodes the whole
     message (and refuses past 2 GB): it is used while the initializers hold at most
-    ``ENCODE_BELOW`` bytes (encoding a small model is quicker than taking it apart); larger
-    models are sized without encoding any weights."""
+    ``ENCODE_BELOW`` bytes (encoding a small model is quicker than taking it apart) and
+    the rest of the model fits too; larger models are sized without encoding any weights."""
     if _payload_bound(model) < ENCODE_BELOW:
-        return model.ByteSize()
+        with contextlib.suppress(EncodeError, ValueError):  # over 2 GB outside initializers
+            return model.ByteSize()
     layout = _Layout(model)
     graph = len(_varint(_GRAPH << 3 | 2)) + len(_varint(layout.graph_size)) + layout.graph_size
     return len(layout.head) + (graph if model.HasField("graph") else 0) + len(layout.tail)
@@ -425,8 +426,10 @@ ENCODE_BELOW = 1 << 26
 
 
 def _payload_bound(model: onnx.ModelProto) -> int:
-    """At least the bytes ``model``'s initializers hold (8 a value, whatever their type;
-    external data counted as if it were inside)."""
+    """A bound on the bytes ``model``'s initializers hold (8 a value: exact for the numeric
+    types; external data counted as if it were inside). Constant nodes, sparse initializers
+    and functions are not counted: if they pass 2 GB, ``ByteSize()`` refuses and the caller
+    falls back to the layout."""
     return 8 * sum(math.prod(t.dims) for t in model.graph.initializer)
 
 

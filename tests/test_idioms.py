@@ -12,13 +12,12 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 
 import onnxrep
 from onnxrep import audit, idioms
 from onnxrep.cli import main
-from onnxrep.graph import ShapeInfo
+from onnxrep.graph import ShapeInfo, import_graph
 from tests.builders import GraphBuilder, op_counts
 from tests.helpers import optimized
 from tests.idiomgraphs import (
@@ -33,7 +32,7 @@ from tests.idiomgraphs import (
 
 
 def _found(model: onnx.ModelProto) -> list[tuple[str, list[str]]]:
-    found = idioms.find(gs.import_onnx(model), ShapeInfo.infer(model))
+    found = idioms.find(import_graph(model), ShapeInfo.infer(model))
     return [(i.name, [n.op for n in i.nodes]) for i in found]
 
 

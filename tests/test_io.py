@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
 from onnxrep import io
@@ -664,14 +665,19 @@ def test_cli_failure_during_save_keeps_the_existing_output(good: Path, tmp_path:
     assert _leftovers(tmp_path, "out.onnx", "good.onnx") == []
 
 
-@pytest.mark.parametrize("encoded", [True, False], ids=["encoded", "laid-out"])
+@pytest.mark.parametrize("sizing", ["encoded", "laid-out", "refused"])
 def test_chunked_serialization_and_size_match_protobuf(tmp_path: Path, monkeypatch,
-                                                       encoded: bool) -> None:
+                                                       sizing: str) -> None:
     """save() writes one tensor at a time and serialized_size() encodes no weights of a large
-    model (a small one it encodes); both must agree with protobuf to the byte."""
-    if not encoded:
+    model (a small one it encodes, unless protobuf refuses: over 2 GB outside the
+    initializers); both must agree with protobuf to the byte."""
+    if sizing == "laid-out":
         monkeypatch.setattr(io, "ENCODE_BELOW", 0)
         monkeypatch.setattr(onnx.ModelProto, "ByteSize", None)  # must not be called
+    elif sizing == "refused":
+        def refuse(self: onnx.ModelProto) -> int:
+            raise EncodeError("message too large")
+        monkeypatch.setattr(onnx.ModelProto, "ByteSize", refuse)
     model = big_weight_model()
     model.doc_string = "after the graph in field order"
     onnx.helper.set_model_props(model, {"k": "v"})

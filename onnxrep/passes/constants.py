@@ -60,6 +60,7 @@ RANDOM = frozenset({"RandomNormalLike", "RandomUniformLike", "Multinomial", "Ber
                     "Dropout"})
 """Ops that draw random numbers (Dropout does when training): a new draw at every run."""
 SHAPE_READERS = ("Shape", "Size", "CastLike")
+"""Ops that fold from what shape inference knows of a variable (its shape, its type)."""
 BOUNDED = frozenset({
     "Constant", "Shape", "Size", "Cast", "CastLike", "Reshape", "Transpose", "Squeeze",
     "Unsqueeze", "Flatten", "Identity", "Slice", "Concat", "Split", "Neg", "Abs", "Not",
@@ -73,7 +74,6 @@ PLAIN = frozenset({
     onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
 })
 """Element types constant folding computes in numpy."""
-"""Ops that fold from what shape inference knows of a variable (its shape, its type)."""
 
 
 class _Row(NamedTuple):
@@ -193,9 +193,10 @@ class _Round:
                   opset: int) -> list[np.ndarray] | None:
         """The node's outputs if they are constants, else None.
 
-        A node that computes what an earlier node of the scan computed (the same op and
-        attributes on the very same input arrays, or a Constant of the same value, or the
-        Shape of a tensor of the same shape) gets that node's result, the same arrays:
+        A node that computes what an earlier node of the scan computed (the same op,
+        attributes and outputs asked for, on the very same input arrays; a Constant of the
+        same value; the Shape of a tensor of the same shape) gets that node's result, the
+        same arrays:
         exported border fills repeat one index computation per layer, so most of their nodes
         are such repeats. Results are never written into, so sharing them is safe."""
         op, node, read = row.op, row.proto, row.inputs
@@ -237,7 +238,8 @@ class _Round:
                 return None
             inputs.append(value)
         # the ids are those of arrays self.values holds: none is freed while the scan runs
-        key = ("run", op, row.domain, _attributes(node), *(id(v) for v in inputs))
+        key = ("run", op, row.domain, _attributes(node), _present(row.outputs),
+               *(id(v) for v in inputs))
         if key not in self._memo:
             self._memo[key] = self._run(node, inputs, opset)
         return self._memo[key]
@@ -246,8 +248,9 @@ class _Round:
         """Learn the static shapes of a node that stays, where inference did not know them
         but can now: a Pad whose pads were computed, a Reshape of a folded shape. Shapes
         read downstream (a Shape of its output) then fold in this same scan. What inference
-        says depends only on the op, its attributes, its inputs' types and shapes and the
-        values of its small integer inputs: a node like an earlier one reuses its answer."""
+        says depends only on the op, its attributes, the outputs asked for, its inputs'
+        types and shapes and the values of its small integer inputs: a node like an earlier
+        one reuses its answer."""
         if all(_static(self.shapes.get(o)) for o in row.outputs if o):
             return
         known = []
@@ -263,7 +266,8 @@ class _Round:
             small = value is not None and value.dtype.kind in "iu" and value.size <= 64
             known.append((elem, tuple(shape), (value.dtype.str, value.tobytes()) if small
                           else None))
-        key = ("infer", row.op, row.domain, _attributes(row.proto), *known)
+        key = ("infer", row.op, row.domain, _attributes(row.proto), _present(row.outputs),
+               *known)
         if key not in self._inference:
             self._inference[key] = self._inferred(row.proto, shapes, opset)
         for name, shape in zip(row.outputs, self._inference[key], strict=False):
@@ -437,6 +441,12 @@ def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
                 names.update(x for s in sub.node for x in s.input)
                 names.update(_subgraph_reads(list(sub.node)))
     return names
+
+
+def _present(outputs: tuple[str, ...]) -> tuple[bool, ...]:
+    """Which outputs a node asks for: how many there are decides some results (an equal
+    Split's parts), and an omitted one is not computed."""
+    return tuple(bool(o) for o in outputs)
 
 
 def _attributes(node: onnx.NodeProto) -> tuple[bytes, ...]:

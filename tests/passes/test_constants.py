@@ -186,3 +186,53 @@ def test_shapes_learned_in_the_scan_are_right_for_every_repeat() -> None:
     dims = {t.name: list(t.dims) for t in folded.graph.initializer}
     added = [dims[n.input[1]] for n in folded.graph.node if n.op_type == "Add"]
     assert added == [[1, 2, 6, 5], [1, 2, 6, 5], [1, 2, 7, 5]]  # extra rows on top
+
+
+def test_a_repeat_must_ask_for_the_same_outputs() -> None:
+    """An equal Split's parts depend on how many outputs it has: two Splits of one constant
+    into two and into three parts are no repeat of each other."""
+    b = GraphBuilder(seed=30)
+    x = b.input([2])
+    c = b.init(np.arange(6, dtype=np.float32))
+    two = [f"two{i}" for i in range(2)]
+    three = [f"three{i}" for i in range(3)]
+    b.nodes.append(helper.make_node("Split", [c], two, axis=0))
+    b.nodes.append(helper.make_node("Split", [c], three, axis=0))
+    outs = [b.node("Add", [x, p]) for p in three]
+    outs.append(b.node("Add", [b.node("Concat", two, axis=0), b.init(np.zeros(6))]))
+    model = _prepared(b.model(outs, opset=13))
+
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    added = [values[n.input[1]] for n in model.graph.node if n.op_type == "Add"]
+    for got, want in zip(added, ([0, 1], [2, 3], [4, 5]), strict=False):
+        np.testing.assert_array_equal(got, np.array(want, np.float32))
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_a_repeat_for_shapes_must_ask_for_the_same_outputs() -> None:
+    """The shapes inference gives an equal Split's parts depend on how many there are."""
+    b = GraphBuilder(seed=31)
+    x = b.input([1, 2, 5, 5])
+    pads = b.node("Mul", [b.init(np.array([0, 0, 1, 0, 0, 0, 0, 0])), b.init(np.array(1))])
+    y = b.node("Pad", [x, pads])  # [1, 2, 6, 5], unknown to inference
+    outs = []
+    for parts in (2, 3):
+        names = [f"split{parts}_{i}" for i in range(parts)]
+        b.nodes.append(helper.make_node("Split", [y], names, axis=2))
+        zeros = b.node("ConstantOfShape", [b.node("Shape", [names[0]])])
+        outs += [b.node("Add", [names[0], zeros]), *(b.node("Relu", [n]) for n in names[1:])]
+    model = b.model(outs, opset=13)
+    folded = _prepared(model)
+    dims = {t.name: list(t.dims) for t in folded.graph.initializer}
+    added = [dims[n.input[1]] for n in folded.graph.node if n.op_type == "Add"]
+    assert added == [[1, 2, 3, 5], [1, 2, 2, 5]]
+
+
+def test_results_line_up_with_the_outputs_when_one_is_omitted() -> None:
+    """TopK asked only for its indices (its values omitted): the result at the indices'
+    position holds the indices."""
+    node = helper.make_node("TopK", ["x", "k"], ["", "indices"], axis=0)
+    values, indices = interpret.run(
+        node, [np.array([3.0, 1.0, 2.0], np.float32), np.array([2])], 13)
+    assert values.size == 0
+    np.testing.assert_array_equal(indices, [0, 2])
