@@ -116,7 +116,7 @@ def prepare(model: onnx.ModelProto, light: onnx.ModelProto, shapes: ShapeInfo,
             step.write(out.model, fresh=False)
         out.removed += len(step.folded)
         out.light = io.light_copy(out.model)
-        out.shapes = ShapeInfo.infer(out.model, out.light)
+        out.shapes = step.settled(out.model) or ShapeInfo.infer(out.model, out.light)
         if not any(n.op_type in SHAPE_READERS for n in step.kept):
             break  # every node of constants folded in this scan: only shapes add more
     return out
@@ -138,6 +138,8 @@ class _Round:
         """Results by what determines them (see :meth:`_evaluate`)."""
         self._inference: dict[tuple[object, ...], list[tuple[int, ...] | None]] = {}
         """Output shapes by what determines them (see :meth:`_infer`)."""
+        self.inferred = shapes
+        """What shape inference knew of the graph before the scan."""
         self.shapes = shapes.shapes
         """Static shapes: what inference knew, and what this scan learns (copied on write)."""
         self._learned = False
@@ -349,6 +351,27 @@ class _Round:
         read = sum(v.nbytes for v in (self._constant(x) for x in row.inputs if x)
                    if v is not None)
         return made > read
+
+    def settled(self, model: onnx.ModelProto) -> ShapeInfo | None:
+        """What shape inference would say of ``model`` (the folded graph), when it cannot say
+        more than it said before the scan: inference had a static shape and a type for every
+        tensor the kept nodes read or write (a fold changes the value of no tensor that stays,
+        and the new initializers' shapes are their values'). None when it may learn more."""
+        before = self.inferred
+        g = model.graph
+        names = {x for n in self.kept for x in (*n.input, *n.output) if x}
+        names.update(v.name for v in (*g.input, *g.output))
+        names.difference_update(t.name for t in g.initializer)
+        if any(not _static(before.shapes.get(x)) or x not in before.dtypes for x in names):
+            return None
+        info = ShapeInfo({x: before.shapes[x] for x in names}, {x: before.dtypes[x] for x in names})
+        for t in g.initializer:
+            info.shapes[t.name] = tuple(t.dims)
+            info.dtypes[t.name] = t.data_type
+        for sparse in g.sparse_initializer:
+            info.shapes[sparse.values.name] = tuple(sparse.dims)
+            info.dtypes[sparse.values.name] = sparse.values.data_type
+        return info
 
     def write(self, model: onnx.ModelProto, fresh: bool) -> None:
         """Make ``model`` (the source edited in place, or a fresh copy without nodes and

@@ -236,3 +236,26 @@ def test_results_line_up_with_the_outputs_when_one_is_omitted() -> None:
         node, [np.array([3.0, 1.0, 2.0], np.float32), np.array([2])], 13)
     assert values.size == 0
     np.testing.assert_array_equal(indices, [0, 2])
+
+
+def test_inference_is_not_rerun_where_it_cannot_learn_more() -> None:
+    """After a scan that leaves only tensors whose static shapes inference knew, the shapes of
+    the folded model are those inference would give (it is not run again); where it did not
+    know a kept tensor's shape (a Pad of computed pads), it is run again."""
+    b = GraphBuilder(seed=32)
+    x = b.input([1, 4, 6, 6])
+    scale = b.node("Constant", [], value=numpy_helper.from_array(np.full((1, 4, 1, 1), 2.0,
+                                                                       np.float32)))
+    y = b.node("Mul", [b.conv(x, 4, 4, 3), scale])
+    pads = b.node("Mul", [b.init(np.array([0, 0, 1, 1, 0, 0, 1, 1])), b.init(np.array(1))])
+    for model, knows in ((b.model([y]), True), (b.model([b.node("Pad", [y, pads])]), False)):
+        shapes = ShapeInfo.infer(model)
+        step = constants._Round(model, shapes, 17)
+        folded = onnx.ModelProto()
+        folded.CopyFrom(model)
+        step.write(folded, fresh=False)
+        settled = step.settled(folded)
+        assert (settled is not None) == knows
+        if settled is not None:
+            again = ShapeInfo.infer(folded)
+            assert (settled.shapes, settled.dtypes) == (again.shapes, again.dtypes)
