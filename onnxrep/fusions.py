@@ -29,7 +29,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import onnx
@@ -40,8 +40,10 @@ MEMORY_FOLDER = "/dev/shm"
 """Where the helper has onnxruntime write the optimized graph when it is small: a file system
 in memory (the write and the read back cost 0.3-0.5 ms less a request than on disk)."""
 IN_MEMORY_BELOW = 1 << 24
-"""Requests (light copies) of fewer bytes use ``MEMORY_FOLDER``; larger ones (quantized
-weights stay in the light copy) the disk, as a container's /dev/shm may be small (64 MiB)."""
+"""Requests (light copies) of fewer bytes use ``MEMORY_FOLDER`` while it has four times the
+request free; larger ones (quantized weights stay in the light copy) the disk, as a
+container's /dev/shm may be small (64 MiB). A request that fails there and succeeds on the
+disk sends every later one to the disk."""
 TRANSPARENT = ("Identity", "Constant")
 """Ops the runtime removes (and the pipeline canonicalizes away): no part of a fusion."""
 MAX_REPLACED = 256
@@ -195,19 +197,16 @@ def serve(source: int = 0, sink: BinaryIO | None = None) -> None:
             if body is None:
                 return
             weights, model = marshal.loads(body)
-            folder = folders[-1] if len(model) < IN_MEMORY_BELOW else folders[0]
-            path = os.path.join(folder, "optimized.onnx")
+            memory = len(folders) > 1 and len(model) < IN_MEMORY_BELOW and _room(
+                folders[-1], 4 * len(model))
             try:
-                options = ort.SessionOptions()
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-                options.intra_op_num_threads = 1
-                options.inter_op_num_threads = 1
-                options.log_severity_level = 3
-                options.add_session_config_entry("session.disable_prepacking", "1")
-                options.optimized_model_filepath = path
-                ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-                with open(path, "rb") as f:
-                    optimized = f.read()
+                try:
+                    optimized = _optimized(ort, model, folders[-1] if memory else folders[0])
+                except Exception:
+                    if not memory:
+                        raise
+                    optimized = _optimized(ort, model, folders[0])  # raises if the model is
+                    folders.pop()  # to blame; else the memory folder was: the disk from now on
                 reply = OPTIMIZED + optimized
                 if model_class is not None:
                     parsed = model_class()
@@ -217,6 +216,35 @@ def serve(source: int = 0, sink: BinaryIO | None = None) -> None:
                 reply = FAILED + " ".join(str(e).split())[:1000].encode()
             out.write(struct.pack("<QQ", ticket, len(reply)) + reply)
             out.flush()
+
+
+def _optimized(ort: Any, model: bytes, folder: str) -> bytes:
+    """onnxruntime's optimized graph of ``model``, written in ``folder`` and read back (the
+    file is removed: a folder in memory holds nothing between requests)."""
+    path = os.path.join(folder, "optimized.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.optimized_model_filepath = path
+    try:
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _room(folder: str, needed: int) -> bool:
+    """``folder``'s file system has ``needed`` bytes free."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize >= needed
 
 
 def _model_class() -> type | None:

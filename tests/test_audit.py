@@ -229,30 +229,35 @@ def test_the_helper_reads_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
         there.kernels, there.produced, there.signatures)
 
 
-@pytest.mark.parametrize("where", ["memory", "no memory folder", "too large for memory"])
+@pytest.mark.parametrize("where", ["memory", "no memory folder", "too large for memory",
+                                   "memory folder full"])
 def test_the_helper_writes_where_it_can(where: str, tmp_path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """onnxruntime writes the optimized graph to a folder in memory when there is one and the
     request is small, else to the disk; the inventory is the same, and nothing is left."""
-    used: list[str] = []
-    real = fusions.read
-
-    def read(model, optimized, weights=(), seconds=0.0):  # type: ignore[no-untyped-def]
-        used.extend(str(p) for p in tmp_path.rglob("optimized.onnx"))
-        return real(model, optimized, weights, seconds)
-
     memory = tmp_path / "shm"
     memory.mkdir()
     monkeypatch.setattr(fusions, "MEMORY_FOLDER", str(memory if where != "no memory folder"
                                                       else tmp_path / "absent"))
-    monkeypatch.setattr(fusions, "read", read)
     if where == "too large for memory":
         monkeypatch.setattr(fusions, "IN_MEMORY_BELOW", 1)
+    folders: list[str] = []
+    optimized = fusions._optimized
+
+    def write(ort, model, folder):  # type: ignore[no-untyped-def]
+        folders.append(folder)
+        if where == "memory folder full" and folder.startswith(str(memory)):
+            raise RuntimeError("Protobuf serialization failed")  # what onnxruntime says
+        return optimized(ort, model, folder)
+
+    monkeypatch.setattr(fusions, "_optimized", write)
     model = conv_model(gelu_torchscript)
     request = fusions.request(1, audit.view(model).SerializeToString(), audit.weights(model))
-    (reply,) = _serve([request], reads=True, monkeypatch=monkeypatch)
-    assert fusions.decode(reply[1:]).counts() == {"Gelu": 1}
-    assert bool(used) == (where == "memory")  # the disk folder is not under tmp_path
+    replies = _serve([request, request], reads=True, monkeypatch=monkeypatch)
+    assert [fusions.decode(r[1:]).counts() for r in replies] == [{"Gelu": 1}] * 2
+    in_memory = [f.startswith(str(memory)) for f in folders]
+    assert in_memory == {"memory": [True, True], "memory folder full": [True, False, False]
+                         }.get(where, [False, False])  # full: retried on disk, then disk only
     assert list(memory.iterdir()) == []
 
 
