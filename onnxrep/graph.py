@@ -245,9 +245,11 @@ class ShapeInfo:
         g = inferred.graph
         for vi in itertools.chain(g.input, g.value_info, g.output):
             info._add(vi)
+        defaults = overridable(model)
         for t in model.graph.initializer:
-            info.shapes[t.name] = tuple(t.dims)
-            info.dtypes[t.name] = t.data_type
+            if t.name not in defaults:  # a default's shape is what its input declares
+                info.shapes[t.name] = tuple(t.dims)
+                info.dtypes[t.name] = t.data_type
         for s in model.graph.sparse_initializer:
             info.shapes[s.values.name] = tuple(s.dims)
             info.dtypes[s.values.name] = s.values.data_type
@@ -309,16 +311,22 @@ def canonicalize(graph: gs.Graph, pinned: set[str]) -> int:
     return len(removed)
 
 
+def overridable(model: onnx.ModelProto) -> set[str]:
+    """Names of the initializers that are also graph inputs: defaults a caller may override
+    (with a tensor of another shape, too). Before IR 4 every initializer had to be listed as
+    an input, so there the listing means nothing."""
+    if model.ir_version < 4:
+        return set()
+    inputs = {v.name for v in model.graph.input}
+    return {t.name for t in model.graph.initializer if t.name in inputs}
+
+
 def release_overridable(graph: gs.Graph, model: onnx.ModelProto) -> set[str]:
     """Initializers that are also graph inputs are defaults a caller may override: make them
     graph-input variables so no rule treats them as constants. Returns their names (the
-    exporter puts the original initializers back). Before IR 4 every initializer had to be
-    listed as an input, so there the listing means nothing."""
-    if model.ir_version < 4:
-        return set()
-    inits = {t.name for t in model.graph.initializer}
+    exporter puts the original initializers back; see :func:`overridable`)."""
+    names = overridable(model)
     order = [v.name for v in model.graph.input]
-    names = {n for n in order if n in inits}
     if not names:
         return names
     tensors = graph.tensors()

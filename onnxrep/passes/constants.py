@@ -38,7 +38,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxrep import interpret, io
-from onnxrep.graph import ShapeInfo
+from onnxrep.graph import ShapeInfo, overridable
 
 FAMILY = "constants"
 SIZE_LIMIT = 1 << 22
@@ -361,13 +361,15 @@ class _Round:
         g = model.graph
         names = {x for n in self.kept for x in (*n.input, *n.output) if x}
         names.update(v.name for v in (*g.input, *g.output))
-        names.difference_update(t.name for t in g.initializer)
+        defaults = overridable(model)
+        names.difference_update(t.name for t in g.initializer if t.name not in defaults)
         if any(not _static(before.shapes.get(x)) or x not in before.dtypes for x in names):
             return None
         info = ShapeInfo({x: before.shapes[x] for x in names}, {x: before.dtypes[x] for x in names})
         for t in g.initializer:
-            info.shapes[t.name] = tuple(t.dims)
-            info.dtypes[t.name] = t.data_type
+            if t.name not in defaults:  # as ShapeInfo.infer: what the input declares
+                info.shapes[t.name] = tuple(t.dims)
+                info.dtypes[t.name] = t.data_type
         for sparse in g.sparse_initializer:
             info.shapes[sparse.values.name] = tuple(sparse.dims)
             info.dtypes[sparse.values.name] = sparse.values.data_type

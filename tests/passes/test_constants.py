@@ -259,3 +259,18 @@ def test_inference_is_not_rerun_where_it_cannot_learn_more() -> None:
         if settled is not None:
             again = ShapeInfo.infer(folded)
             assert (settled.shapes, settled.dtypes) == (again.shapes, again.dtypes)
+
+
+def test_the_shape_of_an_input_with_a_default_is_what_the_input_declares() -> None:
+    """An initializer that is also a graph input is a default a caller may override with a
+    tensor of another shape: its Shape, or the Shape of what is computed from it, does not
+    fold to the default's shape."""
+    b = GraphBuilder(seed=33)
+    x = b.input([1, 4])
+    w = b.input(["n"], name="w")
+    b.inits.append(numpy_helper.from_array(np.ones(4, np.float32), "w"))
+    direct = b.node("Cast", [b.node("Shape", [w])], to=onnx.TensorProto.FLOAT)
+    computed = b.node("Cast", [b.node("Shape", [b.node("Relu", [w])])], to=onnx.TensorProto.FLOAT)
+    model = _prepared(b.model([b.node("Add", [x, direct]), b.node("Add", [x, computed])]))
+    assert op_counts(model)["Shape"] == 2
+    assert [t.name for t in model.graph.initializer] == ["w"]
