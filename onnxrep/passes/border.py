@@ -86,43 +86,78 @@ def _chain(end: gs.Node, ctx: RegionContext) -> tuple[list[gs.Node], int] | None
     return None
 
 
-def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...],
-             opset: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...], opset: int,
+             proofs: dict[object, object]) -> tuple[np.ndarray, np.ndarray] | None:
     """Run the chain on tags: returns the output's tag array and the constants, where tag
     ``-1 - i`` holds ``constants[i]`` (ids are handed out in that order, one per element).
 
     Each node runs in :mod:`onnxrep.interpret` (numpy, onnx's reference evaluator for what it
-    does not implement) on int64 tags in place of its values."""
+    does not implement) on int64 tags in place of its values. The tags depend only on the
+    chain's ops, attributes, index inputs and the shapes of its data inputs, not on the
+    constants' values: a chain like one run before (``proofs``) reuses its output."""
     values: list[np.ndarray] = []
-    current = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+    plans: list[list[np.ndarray | str | None]] = []
+    key: list[object] = ["routing", shape, slot, opset]
     next_id = -1
     for k, node in enumerate(nodes):
-        inputs: list[np.ndarray | None] = []
+        routed = slot if k == 0 else _variable_slot(node)
+        plan: list[np.ndarray | str | None] = []
+        key += [node.op, _attributes(node)]
         for i, t in enumerate(node.inputs):
             value = constant(t)
-            if i == (slot if k == 0 else _variable_slot(node)):
-                inputs.append(current)  # the routed tensor
+            if i == routed:
+                plan.append("routed")
+                key.append("routed")
             elif not t.name or value is None:
-                inputs.append(None)  # an omitted optional input
+                plan.append(None)  # an omitted optional input
+                key.append(None)
             elif i in _data_slots(node):
                 v = np.asarray(value, dtype=np.float64)
                 tags = np.arange(next_id, next_id - v.size, -1, dtype=np.int64)
                 values.append(v.reshape(-1))
                 next_id -= v.size
-                inputs.append(tags.reshape(v.shape))
+                plan.append(tags.reshape(v.shape))
+                key.append(("tags", v.shape))
             else:
-                inputs.append(np.asarray(value))
-        if node.op == "Pad" and (len(inputs) < 3 or inputs[2] is None):
+                v = np.asarray(value)
+                plan.append(v)
+                key.append((v.dtype.str, v.shape, v.tobytes()))
+        if node.op == "Pad" and (len(plan) < 3 or plan[2] is None):
             values.append(np.zeros(1))  # the default pad value, made visible as a tag
-            inputs = [*inputs[:2], np.array(next_id, dtype=np.int64), *inputs[3:]]
+            plan = [*plan[:2], np.array(next_id, dtype=np.int64), *plan[3:]]
             next_id -= 1
+            key.append("default pad value")
+        plans.append(plan)
+    memo = tuple(key)
+    if memo not in proofs:
+        proofs[memo] = _run_chain(nodes, plans, shape, opset)
+    current = proofs[memo]
+    if current is None:
+        return None
+    assert isinstance(current, np.ndarray)
+    return current, np.concatenate(values) if values else np.zeros(0)
+
+
+def _run_chain(nodes: list[gs.Node], plans: list[list[np.ndarray | str | None]],
+               shape: tuple[int, ...], opset: int) -> np.ndarray | None:
+    """The chain's output on the input's own element indices (None if a node cannot run)."""
+    current = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+    for node, plan in zip(nodes, plans, strict=True):
+        inputs = [current if isinstance(x, str) else x for x in plan]  # x: "routed"
         proto = helper.make_node(node.op, [f"i{i}" for i in range(len(inputs))], ["y"],
                                  **dict(node.attrs))
         try:
             (current,) = interpret.run(proto, inputs, opset)[:1]
         except Exception:  # a form nothing here runs: not provably a routing
             return None
-    return current, np.concatenate(values) if values else np.zeros(0)
+    return current
+
+
+def _attributes(node: gs.Node) -> tuple[object, ...]:
+    """The node's attributes as a key (arrays by their bytes: their repr elides)."""
+    return tuple(sorted(
+        (name, (v.dtype.str, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else repr(v))
+        for name, v in node.attrs.items()))
 
 
 def border_fill(
@@ -178,7 +213,7 @@ def border_fill_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         return []
     if int(np.prod(shape)) > MAX_ELEMENTS:
         return []
-    routed = _routing(nodes, slot, tuple(shape), ctx.opset)
+    routed = _routing(nodes, slot, tuple(shape), ctx.opset, ctx.proofs)
     fill = border_fill(*routed, tuple(shape)) if routed is not None else None
     if fill is None:
         return []

@@ -211,6 +211,9 @@ class RegionContext:
     candidates: dict[int, list[Candidate]] = field(default_factory=dict)
     opaque: dict[int, str] = field(default_factory=dict)
     notes: list[tuple[gs.Node, str, str]] = field(default_factory=list)
+    proofs: dict[object, object] = field(default_factory=dict)
+    """What a rule proved, by a key of everything the proof depends on, for a rule that meets
+    the same question again in this pass (DBB's border fills repeat per layer)."""
 
     def enabled(self, family: str) -> bool:
         return family not in self.skip

@@ -234,3 +234,32 @@ def test_border_fill_with_a_value_that_does_not_match_is_refused() -> None:
     out = g.conv(_border_fill(g, y, fill, 8), 4, C, 3, pads=[0, 0, 0, 0])
     r = optimized(g.model([out]), {"Conv": 2, "Pad": 1, "ScatterND": 4})
     assert any("pad value differs" in s for s in reasons(r))
+
+
+def test_a_repeated_border_fill_is_proven_once_and_judged_on_its_own_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two fills with the same routing (one per layer, as in DBB networks): the chain runs on
+    tags once, and each fill is judged by its own constants: the one whose value is its BN's
+    value at zero folds, the other is refused."""
+    from onnxrep.passes import border
+
+    runs: list[int] = []
+    real = border._run_chain
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        runs.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(border, "_run_chain", counted)
+    g = GraphBuilder(seed=18)
+    x = g.input([1, C, 8, 8])
+    outs = []
+    for shift in (0.0, 0.5):
+        y = conv_bn(g, x, 1, cout=4)
+        fill = (_bn_zero(g.model([y]), y) + shift).astype(np.float32)
+        outs.append(g.conv(_border_fill(g, y, fill, 8), 4, C, 3, pads=[0, 0, 0, 0]))
+    r = optimized(g.model(outs), {"Conv": 4, "Pad": 1, "ScatterND": 4})
+    assert sum(f.ops.get("ScatterND", 0) for f in r.applied) == 4
+    assert any("pad value differs" in s for s in reasons(r))
+    assert len(runs) == 1
