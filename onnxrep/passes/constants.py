@@ -128,8 +128,9 @@ class _Round:
     def __init__(self, model: onnx.ModelProto, shapes: ShapeInfo, opset: int) -> None:
         g = model.graph
         self.source = g
-        inputs = {v.name for v in g.input} if model.ir_version >= 4 else set()
-        self.initializers = {t.name: t for t in g.initializer if t.name not in inputs}
+        self.defaults = overridable(model)
+        """Initializers a caller may override: their values are no constants."""
+        self.initializers = {t.name: t for t in g.initializer if t.name not in self.defaults}
         self.values: dict[str, np.ndarray] = {}
         self.wide: dict[str, np.ndarray] = {}
         """float64 values of float32/float16 ones that a weight's generating graph computed."""
@@ -198,9 +199,8 @@ class _Round:
         A node that computes what an earlier node of the scan computed (the same op,
         attributes and outputs asked for, on the very same input arrays; a Constant of the
         same value; the Shape of a tensor of the same shape) gets that node's result, the
-        same arrays:
-        exported border fills repeat one index computation per layer, so most of their nodes
-        are such repeats. Results are never written into, so sharing them is safe."""
+        same arrays: exported border fills repeat one index computation per layer, so most of
+        their nodes are such repeats. Results are never written into, so sharing them is safe."""
         op, node, read = row.op, row.proto, row.inputs
         if op in ("Shape", "Size") and read and read[0] not in self.values and (
             read[0] not in self.initializers
@@ -361,7 +361,7 @@ class _Round:
         g = model.graph
         names = {x for n in self.kept for x in (*n.input, *n.output) if x}
         names.update(v.name for v in (*g.input, *g.output))
-        defaults = overridable(model)
+        defaults = self.defaults  # folding neither adds graph inputs nor makes defaults
         names.difference_update(t.name for t in g.initializer if t.name not in defaults)
         if any(not _static(before.shapes.get(x)) or x not in before.dtypes for x in names):
             return None
