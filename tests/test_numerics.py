@@ -194,6 +194,27 @@ def test_compose_pointwise_then_kxk(inner_group: int, outer_group: int) -> None:
     np.testing.assert_allclose(run(nx.compose(inner, outer), x), run(outer, run(inner, x)), **TOL)
 
 
+@pytest.mark.parametrize(("cout", "group"), [(6, 1), (6, 2), (8, 8), (16, 8), (8, 4)])
+def test_compose_bias_and_its_bound_in_every_layout(cout: int, group: int) -> None:
+    """``b = b_B + Σ W_B · b_A`` and ``mag = |b_B| + Σ |W_B| · mag_A`` summed term by term,
+    for dense, grouped, depthwise and depthwise-with-multiplier outer convs."""
+    inner = conv(8, 8, (1, 1))
+    outer = conv(cout, 8, (3, 2), group=group)
+    got = nx.compose(inner, outer)
+    w = outer.weights()
+    per = 8 // group
+    want_bias, want_mag = outer.bias.copy(), np.abs(outer.bias)
+    for o in range(cout):
+        first = (o // (cout // group)) * per
+        for i in range(per):
+            want_bias[o] += w[o, i].sum() * inner.bias[first + i]
+            want_mag[o] += np.abs(w[o, i]).sum() * np.abs(inner.bias[first + i])
+    np.testing.assert_allclose(got.bias, want_bias, **TOL)
+    np.testing.assert_allclose(got.bias_mag, want_mag, **TOL)
+    x = x_of(8, 5, 5)
+    np.testing.assert_allclose(run(got, x), run(outer, run(inner, x)), **TOL)
+
+
 def test_compose_kxk_then_pointwise_and_diagonals() -> None:
     inner = conv(8, 8, (3, 3), pads=(1, 0, 2, 1), strides=(2, 1), group=8)
     outer = conv(6, 8, (1, 1))
