@@ -22,6 +22,7 @@ on static shapes, qualify; anything else keeps its nodes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -87,14 +88,15 @@ def _chain(end: gs.Node, ctx: RegionContext) -> tuple[list[gs.Node], int] | None
 
 
 def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...], opset: int,
-             proofs: dict[object, object]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Run the chain on tags: returns the output's tag array and the constants, where tag
-    ``-1 - i`` holds ``constants[i]`` (ids are handed out in that order, one per element).
+             proofs: dict[object, object]) -> tuple[Layout, np.ndarray] | None:
+    """The chain's border layout (:func:`layout`) and the constants it reads, where tag
+    ``-1 - i`` holds ``constants[i]`` (ids are handed out in that order, one per element);
+    None when the chain is not such a fill.
 
     Each node runs in :mod:`onnxrep.interpret` (numpy, onnx's reference evaluator for what it
     does not implement) on int64 tags in place of its values. The tags depend only on the
     chain's ops, attributes, index inputs and the shapes of its data inputs, not on the
-    constants' values: a chain like one run before (``proofs``) reuses its output."""
+    constants' values: a chain like one proven before (``proofs``) reuses its layout."""
     values: list[np.ndarray] = []
     plans: list[list[np.ndarray | str | None]] = []
     key: list[object] = ["routing", shape, slot, opset]
@@ -130,12 +132,13 @@ def _routing(nodes: list[gs.Node], slot: int, shape: tuple[int, ...], opset: int
         plans.append(plan)
     memo = tuple(key)
     if memo not in proofs:
-        proofs[memo] = _run_chain(nodes, plans, shape, opset)
-    current = proofs[memo]
-    if current is None:
+        out = _run_chain(nodes, plans, shape, opset)
+        proofs[memo] = layout(out, shape) if out is not None else None
+    found = proofs[memo]
+    if found is None:
         return None
-    assert isinstance(current, np.ndarray)
-    return current, np.concatenate(values) if values else np.zeros(0)
+    assert isinstance(found, Layout)
+    return found, np.concatenate(values) if values else np.zeros(0)
 
 
 def _run_chain(nodes: list[gs.Node], plans: list[list[np.ndarray | str | None]],
@@ -160,11 +163,27 @@ def _attributes(node: gs.Node) -> tuple[object, ...]:
         for name, v in node.attrs.items()))
 
 
-def border_fill(
-    out: np.ndarray, constants: np.ndarray, shape: tuple[int, ...]
-) -> tuple[tuple[int, ...], np.ndarray] | None:
-    """``(pads, per-channel values)`` if ``out`` is the input placed at an offset inside a
-    border of one constant per channel; else ``None``."""
+@dataclass(frozen=True)
+class Layout:
+    """A routing that is a border fill: the input sits at an offset inside a border (``pads``,
+    ONNX order) whose cells in channel ``c`` hold the constants tagged ``cells[c]``."""
+
+    pads: tuple[int, ...]
+    cells: np.ndarray
+    """int64 ``[channels, border cells]``: the tags (all negative) of the border, by channel."""
+
+    def values(self, constants: np.ndarray) -> np.ndarray | None:
+        """The one value per channel the border holds, or None if a channel holds several."""
+        held = constants[-1 - self.cells]
+        if not np.all(held == held[:, :1]):  # NaN never equals itself
+            return None
+        return held[:, 0].copy()
+
+
+def layout(out: np.ndarray, shape: tuple[int, ...]) -> Layout | None:
+    """The :class:`Layout` of the tags ``out`` of a routing from an input of ``shape``, if
+    ``out`` is that input placed at an offset inside a border of constants only, the same
+    cells in every channel; else ``None``."""
     if out.ndim != len(shape) or out.shape[:2] != shape[:2]:
         return None
     r = len(shape) - 2
@@ -185,10 +204,7 @@ def border_fill(
         return None
     by_channel = np.moveaxis(out, 1, 0).reshape(shape[1], -1)
     ring = np.moveaxis(border, 1, 0).reshape(shape[1], -1)[0]  # the same for every channel
-    held = constants[-1 - by_channel[:, ring]]  # [channels, border cells]
-    if not np.all(held == held[:, :1]):  # one value per channel (NaN never equals itself)
-        return None
-    return begin + ends, held[:, 0].copy()
+    return Layout(begin + ends, np.ascontiguousarray(by_channel[:, ring]))
 
 
 @rule(FAMILY, *ROUTING)
@@ -214,10 +230,10 @@ def border_fill_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     if int(np.prod(shape)) > MAX_ELEMENTS:
         return []
     routed = _routing(nodes, slot, tuple(shape), ctx.opset, ctx.proofs)
-    fill = border_fill(*routed, tuple(shape)) if routed is not None else None
-    if fill is None:
+    values = routed[0].values(routed[1]) if routed is not None else None
+    if routed is None or values is None:
         return []
-    pads, values = fill
+    pads = routed[0].pads
     elem = ctx.shapes.dtypes.get(start.name, onnx.TensorProto.FLOAT)
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     out_candidates = []

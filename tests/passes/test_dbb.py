@@ -244,14 +244,19 @@ def test_a_repeated_border_fill_is_proven_once_and_judged_on_its_own_values(
     value at zero folds, the other is refused."""
     from onnxrep.passes import border
 
-    runs: list[int] = []
-    real = border._run_chain
+    runs: list[str] = []
 
-    def counted(*args):  # type: ignore[no-untyped-def]
-        runs.append(1)
-        return real(*args)
+    def counted(name: str):  # type: ignore[no-untyped-def]
+        real = getattr(border, name)
 
-    monkeypatch.setattr(border, "_run_chain", counted)
+        def call(*args):  # type: ignore[no-untyped-def]
+            runs.append(name)
+            return real(*args)
+
+        monkeypatch.setattr(border, name, call)
+
+    counted("_run_chain")
+    counted("layout")
     g = GraphBuilder(seed=18)
     x = g.input([1, C, 8, 8])
     outs = []
@@ -262,4 +267,25 @@ def test_a_repeated_border_fill_is_proven_once_and_judged_on_its_own_values(
     r = optimized(g.model(outs), {"Conv": 4, "Pad": 1, "ScatterND": 4})
     assert sum(f.ops.get("ScatterND", 0) for f in r.applied) == 4
     assert any("pad value differs" in s for s in reasons(r))
-    assert len(runs) == 1
+    assert runs == ["_run_chain", "layout"]
+
+
+def test_border_layout_reads_one_value_per_channel_or_none() -> None:
+    """The layout of a routing is where the input sits and which constant fills each border
+    cell; a border is a fill only when every cell of a channel holds the same value."""
+    from onnxrep.passes import border
+
+    shape = (1, 2, 2, 2)
+    out = np.full((1, 2, 4, 5), -1, dtype=np.int64)
+    out[:, 1] = -2  # channel 1's border reads constant 1
+    out[:, :, 1:3, 2:4] = np.arange(8).reshape(shape)
+    found = border.layout(out, shape)
+    assert found is not None and found.pads == (1, 2, 1, 1)
+    assert found.cells.shape == (2, 20 - 4)
+    np.testing.assert_array_equal(found.values(np.array([0.5, -3.0])), [0.5, -3.0])
+    out[0, 0, 0, 0] = -3  # one cell of channel 0 reads another constant
+    mixed = border.layout(out, shape)
+    assert mixed is not None and mixed.values(np.array([0.5, -3.0, 0.5])) is not None
+    assert mixed.values(np.array([0.5, -3.0, 0.25])) is None
+    out[0, 0, 0, 1] = 0  # an input element in the border: not a fill
+    assert border.layout(out, shape) is None
