@@ -50,6 +50,7 @@ __all__ = [
     "load_with_sources",
     "mode_for",
     "output_types",
+    "payload_bound",
     "refuse_special",
     "save",
     "serialize_chunks",
@@ -413,7 +414,7 @@ def serialized_size(model: onnx.ModelProto) -> int:
     message (and refuses past 2 GB): it is used while the initializers hold at most
     ``ENCODE_BELOW`` bytes (encoding a small model is quicker than taking it apart) and
     the rest of the model fits too; larger models are sized without encoding any weights."""
-    if _payload_bound(model) < ENCODE_BELOW:
+    if payload_bound(model) < ENCODE_BELOW:
         with contextlib.suppress(EncodeError, ValueError):  # over 2 GB outside initializers
             return model.ByteSize()
     layout = _Layout(model)
@@ -425,7 +426,7 @@ ENCODE_BELOW = 1 << 26
 """Models whose initializers hold fewer bytes than this are sized by encoding them."""
 
 
-def _payload_bound(model: onnx.ModelProto) -> int:
+def payload_bound(model: onnx.ModelProto) -> int:
     """A bound on the bytes ``model``'s initializers hold (8 a value: exact for the numeric
     types; external data counted as if it were inside). Constant nodes, sparse initializers
     and functions are not counted: if they pass 2 GB, ``ByteSize()`` refuses and the caller

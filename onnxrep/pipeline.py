@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -47,6 +48,9 @@ from onnxrep.graph import (
 )
 from onnxrep.passes import PASSES, PREPARE, PassState, regions
 from onnxrep.result import Fold, ModelStats, OptimizeResult, Skip
+
+if TYPE_CHECKING:
+    from onnxrep.audit import Inventory, Kernel, Pending
 
 __all__ = ["export", "optimize"]
 
@@ -168,24 +172,32 @@ def _optimize(
     # the size that matters (DBB's border fills alone are thousands of nodes).
     checker = _Auditor(source, light) if audit else None
     protected: dict[str, str] = {}
+    in_place = owned or source is not original
     while True:
         run = _passes(source, shapes, skipped_families, max_rounds, protected)
-        if checker is None or not checker.withdraw(run, protected):
+        review = checker.start(run) if checker is not None else None
+        # While onnxruntime looks at the output's neighbourhood of kernels a fold touched, the
+        # result is built and checked as if nothing were withdrawn (nearly always so); the
+        # source must then survive a rerun, so it is rebuilt in place only after the review
+        # (when it is too large to copy).
+        if review is not None and in_place and io.payload_bound(source) >= SPECULATE_BELOW:
+            if review.withdraws(protected):
+                continue
+            review = None
+        unchanged = not run.applied and not run.removed and not folded
+        result_model = _result(run, original, source, unchanged, owned, in_place and not review)
+        del run.graph
+        warnings = _complete_outputs(result_model, completed)
+        try:
+            if not unchanged or completed:
+                _check(result_model, None if owned else original)
+        except OnnxrepError:
+            if review is None or not review.withdraws(protected):
+                raise
+            continue
+        if review is None or not review.withdraws(protected):
             break
 
-    reference = None if owned else original
-    if not run.applied and not run.removed and not folded:
-        if owned:
-            result_model = original
-        else:
-            result_model = onnx.ModelProto()
-            result_model.CopyFrom(original)
-    else:
-        result_model = export(run.graph, source, in_place=owned or source is not original)
-        del run.graph
-    warnings = _complete_outputs(result_model, completed)
-    if run.applied or run.removed or folded or completed:
-        _check(result_model, reference)
     return OptimizeResult(
         model=result_model,
         applied=run.applied,
@@ -296,9 +308,10 @@ class _Auditor:
         self.result = audit.AuditResult()
         self._rounds = 0
 
-    def withdraw(self, run: _Run, protected: dict[str, str]) -> bool:
-        """Audit ``run``; when it splits fused kernels of the input, add their nodes to
-        ``protected`` and return True (the caller reruns the passes)."""
+    def start(self, run: _Run) -> _Review | None:
+        """Audit ``run``: None when it splits no fused kernel of the input (or the audit is
+        unavailable), else the review of the kernels a fold touched, which onnxruntime makes
+        in its process while the caller goes on (:meth:`finish` waits for it)."""
         audit, result = self._audit, self.result
         begin = time.perf_counter()
         result.after = None
@@ -307,7 +320,7 @@ class _Auditor:
                 if not self._rounds:  # no fold at all: nothing to audit, nor to wait for
                     self._pending.cancel()
                     result.not_needed = True
-                return False
+                return None
             before = self._pending.result()
             result.before = before.counts()
             signatures = {
@@ -317,12 +330,25 @@ class _Auditor:
             risky = audit.at_risk(before, signatures)
             result.at_risk = len(risky)
             if not risky:
-                return False
+                return None
             region = set().union(*(k.replaced for k in risky))
             copy, weights = _neighbourhood(run, region)
-            after = audit.inventory(copy, weights)
+            return _Review(self, before, risky, audit.Pending(copy, weights))
+        except audit.AuditUnavailable as e:
+            result.unavailable = str(e)
+            return None
+        finally:
+            result.seconds += time.perf_counter() - begin
+
+    def finish(self, review: _Review, protected: dict[str, str]) -> bool:
+        """Wait for ``review``; when the output splits fused kernels of the input, add their
+        nodes to ``protected`` and return True (the caller reruns the passes)."""
+        audit, result = self._audit, self.result
+        begin = time.perf_counter()
+        try:
+            after = review.after.result()
             result.after = after.counts()
-            losses = audit.splits(before, after, risky)
+            losses = audit.splits(review.before, after, review.risky)
         except audit.AuditUnavailable as e:
             result.unavailable = str(e)
             return False
@@ -339,6 +365,39 @@ class _Auditor:
                       f"found that folding it splits the kernel)")
             protected.update(dict.fromkeys(loss.nodes, reason))
         return True
+
+
+@dataclass
+class _Review:
+    """The audit of kernels a fold touched, under way: the input's inventory, the kernels
+    at risk, and onnxruntime's inventory of the output's neighbourhood of them."""
+
+    auditor: _Auditor
+    before: Inventory
+    risky: list[Kernel]
+    after: Pending
+
+    def withdraws(self, protected: dict[str, str]) -> bool:
+        """Wait for the verdict: True when folds must be withdrawn (:meth:`_Auditor.finish`)."""
+        return self.auditor.finish(self, protected)
+
+
+SPECULATE_BELOW = 1 << 23
+"""Bound (``io.payload_bound``) on the weights of a source that may be copied to build the
+result while the audit reviews it (larger ones are built in place, after the review)."""
+
+
+def _result(run: _Run, original: onnx.ModelProto, source: onnx.ModelProto, unchanged: bool,
+            owned: bool, in_place: bool) -> onnx.ModelProto:
+    """The optimized model of ``run`` (``original`` itself, or a copy, when nothing
+    changed); with ``in_place``, ``source`` is rebuilt into it."""
+    if unchanged:
+        if owned:
+            return original
+        copy = onnx.ModelProto()
+        copy.CopyFrom(original)
+        return copy
+    return export(run.graph, source, in_place=in_place)
 
 
 def _neighbourhood(run: _Run, region: set[str]) -> tuple[onnx.ModelProto, set[str]]:

@@ -63,6 +63,93 @@ def test_the_audit_catches_a_split_no_list_names(no_idiom_list: None) -> None:
     assert audit.compare_models(model, result.model) == []
 
 
+def _with_a_constant_subgraph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the divisor of its Div computed in the graph (a constant subgraph the
+    pipeline folds first, so it works on a copy of the input)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    (div,) = [n for n in g.node if n.op_type == "Div"]
+    half = onnx.numpy_helper.to_array(next(t for t in g.initializer if t.name == div.input[1]))
+    g.initializer.append(onnx.numpy_helper.from_array(half / 2, "divisor_half"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(2, half.dtype), "two"))
+    g.node.insert(0, onnx.helper.make_node("Mul", ["divisor_half", "two"], ["divisor"]))
+    div.input[1] = "divisor"
+    return out
+
+
+@pytest.mark.parametrize("how", ["proto", "in_place", "path", "folded", "large"])
+def test_a_withdrawal_gives_the_same_model_however_it_is_built(
+    how: str, no_idiom_list: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """While onnxruntime reviews the kernels a fold touched, a small result is built and
+    checked ahead; when the review withdraws the fold, it is built again from an intact
+    source. A source too large to copy is reviewed first and rebuilt in place once."""
+    from onnxrep import pipeline
+
+    exports: list[bool] = []
+    real = pipeline.export
+    monkeypatch.setattr(pipeline, "export", lambda graph, source, in_place=False: (
+        exports.append(in_place) or real(graph, source, in_place=in_place)))
+    if how == "large":
+        monkeypatch.setattr(pipeline, "SPECULATE_BELOW", 0)
+    model = conv_model(gelu_torchscript)
+    if how in ("folded", "large"):
+        model = _with_a_constant_subgraph(model)
+    given = onnx.ModelProto()
+    given.CopyFrom(model)
+    if how == "path":
+        onnx.save(model, tmp_path / "m.onnx")
+        result = onnxrep.optimize(tmp_path / "m.onnx")
+    else:
+        result = onnxrep.optimize(given, in_place=how == "in_place")
+    assert [x.kind for x in result.audit.withdrawn] == ["Gelu"]
+    assert _kinds(result.model)["Gelu"] == 1
+    assert op_counts(result.model)["Conv"] == 2 and "Div" in op_counts(result.model)
+    assert_equivalent(model, result.model)
+    if how != "in_place":
+        assert given == model  # the input is intact
+    # built ahead, then again after the withdrawal; in place only once the review is done
+    assert exports == ([True] if how == "large" else [False, how != "proto"])
+    reference = onnxrep.optimize(model).model
+    assert result.model.SerializeToString() == reference.SerializeToString()
+
+
+def test_a_result_built_ahead_that_fails_the_checker_waits_for_the_review(
+    no_idiom_list: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checker's verdict on a result built during the review counts only if the review
+    keeps it: a withdrawal rebuilds it (and checks it again); else the error stands."""
+    from onnxrep import pipeline
+    from onnxrep.errors import OnnxrepError
+
+    checks: list[int] = []
+    real = pipeline._check
+
+    def first_fails(model: onnx.ModelProto, original: onnx.ModelProto | None) -> None:
+        checks.append(len(model.graph.node))
+        if len(checks) == 1:
+            raise OnnxrepError("internal error: the optimized model fails onnx.checker: test")
+        real(model, original)
+
+    monkeypatch.setattr(pipeline, "_check", first_fails)
+    result = onnxrep.optimize(conv_model(gelu_torchscript))
+    assert [x.kind for x in result.audit.withdrawn] == ["Gelu"] and len(checks) == 2
+    assert checks[0] < checks[1]  # the second result keeps the Gelu's nodes
+
+    checks.clear()
+    verdicts: list[bool] = []
+    withdraws = pipeline._Review.withdraws
+    monkeypatch.setattr(pipeline._Review, "withdraws", lambda self, protected: (
+        verdicts.append(withdraws(self, protected)) or verdicts[-1]))
+    b = GraphBuilder(seed=2)
+    x = b.input([1, 4, 8, 8])
+    y = b.conv(b.conv(x, 4, 8, 1), 8, 8, 3, pads=[0, 0, 0, 0])  # the 1x1 merges into the 3x3
+    with pytest.raises(OnnxrepError, match="test"):
+        onnxrep.optimize(b.model([b.node("Relu", [y])]))
+    assert len(checks) == 1 and verdicts == [False]  # FusedConv[Relu] reviewed, kept
+
+
 def test_the_audit_keeps_a_layer_norm_no_list_names(no_idiom_list: None) -> None:
     """LayerNorm's scale and shift before a Gemm: the audit keeps them out of the Gemm."""
     model = gemm_model(layer_norm)
