@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxrep.io import light_copy
+from onnxrep.io import light_copy, node_subgraphs
 from onnxrep.refusal import Refused
 
 __all__ = [
@@ -219,9 +219,8 @@ def _all_names(g: onnx.GraphProto) -> set[str]:
         names.add(node.name)
         names.update(node.input)
         names.update(node.output)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                names |= _all_names(sub)
+        for sub in node_subgraphs(node):
+            names |= _all_names(sub)
     return names
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "load",
     "load_with_sources",
     "mode_for",
+    "node_subgraphs",
     "output_types",
     "payload_bound",
     "refuse_special",
@@ -319,12 +320,17 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """The nodes of ``graph`` and of every subgraph (If/Loop/Scan bodies), depth first."""
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            if attr.type in _MAY_HOLD_GRAPHS:  # one read for the attributes that cannot
-                if attr.HasField("g"):
-                    yield from _nodes(attr.g)
-                for sub in attr.graphs:
-                    yield from _nodes(sub)
+        for sub in node_subgraphs(node):
+            yield from _nodes(sub)
+
+
+def node_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs ``node``'s attributes hold (If/Loop/Scan bodies)."""
+    for attr in node.attribute:
+        if attr.type in _MAY_HOLD_GRAPHS:  # one read for the attributes that cannot
+            if attr.HasField("g"):
+                yield attr.g
+            yield from attr.graphs
 
 
 _MAY_HOLD_GRAPHS = frozenset({

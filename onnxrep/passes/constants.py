@@ -461,10 +461,9 @@ def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
     """Names the subgraphs of ``nodes`` read (they must stay computable)."""
     names: set[str] = set()
     for n in nodes:
-        for a in n.attribute:
-            for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                names.update(x for s in sub.node for x in s.input)
-                names.update(_subgraph_reads(list(sub.node)))
+        for sub in io.node_subgraphs(n):
+            names.update(x for s in sub.node for x in s.input)
+            names.update(_subgraph_reads(list(sub.node)))
     return names
 
 
