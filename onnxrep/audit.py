@@ -20,7 +20,9 @@ Only kernels a fold touched can be split: a kernel is *at risk* when a node it r
 rewritten and one of its internal tensors is still computed in the output. Only then does the
 optimized model go through onnxruntime too; the input's inventory is made in a helper process
 (which reads the kernels itself, :mod:`onnxrep.fusions`) while the passes run, so a model whose
-folds touch no fused kernel pays almost nothing for the audit.
+folds touch no fused kernel pays almost nothing for the audit. The output's neighbourhood of
+the kernels at risk goes to the helper while the pipeline builds and checks the result, which
+it keeps unless the verdict withdraws folds.
 
 The audit hands onnxruntime a *light copy* (``io.light_copy``): float initializers of more than
 64 elements become graph inputs of the same shape (those a Quantize/DequantizeLinear reads

@@ -70,8 +70,10 @@ def optimize(
     Returns an :class:`OptimizeResult` whose ``.model`` is a new ModelProto; a ModelProto given
     here is not modified unless ``in_place`` says the caller has no further use for it. Then,
     as for a model read from a path, the result is the same object rebuilt, and no second copy
-    of the weights is ever held. ``audit`` runs the fusion audit (:mod:`onnxrep.audit`), which
-    withdraws any fold that would split a kernel onnxruntime fuses in the input.
+    of the weights is held (but for a model of at most a few MiB, while the fusion audit
+    reviews a fold; see ``SPECULATE_BELOW``). ``audit`` runs the fusion audit
+    (:mod:`onnxrep.audit`), which withdraws any fold that would split a kernel onnxruntime
+    fuses in the input.
 
     Warnings of the libraries it calls (numpy's RuntimeWarning on NaN or Inf parameters,
     onnx-graphsurgeon's logger) are not printed: they are in ``library_warnings``.
@@ -172,31 +174,39 @@ def _optimize(
     # the size that matters (DBB's border fills alone are thousands of nodes).
     checker = _Auditor(source, light) if audit else None
     protected: dict[str, str] = {}
-    in_place = owned or source is not original
+    edit_source = owned or source is not original
     while True:
         run = _passes(source, shapes, skipped_families, max_rounds, protected)
         review = checker.start(run) if checker is not None else None
         # While onnxruntime looks at the output's neighbourhood of kernels a fold touched, the
-        # result is built and checked as if nothing were withdrawn (nearly always so); the
-        # source must then survive a rerun, so it is rebuilt in place only after the review
-        # (when it is too large to copy).
-        if review is not None and in_place and io.payload_bound(source) >= SPECULATE_BELOW:
+        # result is built and checked as if nothing were withdrawn (nearly always so): into a
+        # copy, for the source must survive a rerun. A source too large to copy is rebuilt in
+        # place after the verdict instead.
+        if review is not None and edit_source and io.payload_bound(source) >= SPECULATE_BELOW:
             if review.withdraws(protected):
                 continue
             review = None
         unchanged = not run.applied and not run.removed and not folded
-        result_model = _result(run, original, source, unchanged, owned, in_place and not review)
-        del run.graph
-        warnings = _complete_outputs(result_model, completed)
         try:
-            if not unchanged or completed:
-                _check(result_model, None if owned else original)
+            result_model, warnings = _build(run, original, source, unchanged, completed, owned,
+                                            in_place=edit_source and review is None)
         except OnnxrepError:
             if review is None or not review.withdraws(protected):
                 raise
             continue
-        if review is None or not review.withdraws(protected):
+        except BaseException:
+            if review is not None:
+                review.cancel()
+            raise
+        if review is None:
             break
+        if review.withdraws(protected):
+            del result_model  # not held while the passes run again
+            continue
+        if owned:  # built into a copy during the review: the model given (or read) becomes it
+            original.CopyFrom(result_model)
+            result_model = original
+        break
 
     return OptimizeResult(
         model=result_model,
@@ -381,23 +391,34 @@ class _Review:
         """Wait for the verdict: True when folds must be withdrawn (:meth:`_Auditor.finish`)."""
         return self.auditor.finish(self, protected)
 
+    def cancel(self) -> None:
+        """The verdict is not wanted (the optimization failed): its reply is dropped."""
+        self.after.cancel()
+
 
 SPECULATE_BELOW = 1 << 23
 """Bound (``io.payload_bound``) on the weights of a source that may be copied to build the
 result while the audit reviews it (larger ones are built in place, after the review)."""
 
 
-def _result(run: _Run, original: onnx.ModelProto, source: onnx.ModelProto, unchanged: bool,
-            owned: bool, in_place: bool) -> onnx.ModelProto:
-    """The optimized model of ``run`` (``original`` itself, or a copy, when nothing
-    changed); with ``in_place``, ``source`` is rebuilt into it."""
-    if unchanged:
-        if owned:
-            return original
-        copy = onnx.ModelProto()
-        copy.CopyFrom(original)
-        return copy
-    return export(run.graph, source, in_place=in_place)
+def _build(run: _Run, original: onnx.ModelProto, source: onnx.ModelProto, unchanged: bool,
+           completed: dict[str, onnx.TypeProto], owned: bool, *, in_place: bool,
+           ) -> tuple[onnx.ModelProto, list[str]]:
+    """The optimized model of ``run`` (``original`` itself, or a copy, when nothing changed;
+    with ``in_place``, ``source`` rebuilt), its untyped outputs completed and the whole
+    checked; and the warnings about those outputs."""
+    if not unchanged:
+        model = export(run.graph, source, in_place=in_place)
+    elif owned:
+        model = original
+    else:
+        model = onnx.ModelProto()
+        model.CopyFrom(original)
+    del run.graph
+    warnings = _complete_outputs(model, completed)
+    if not unchanged or completed:
+        _check(model, None if owned else original)
+    return model, warnings
 
 
 def _neighbourhood(run: _Run, region: set[str]) -> tuple[onnx.ModelProto, set[str]]:

@@ -107,7 +107,9 @@ def test_a_withdrawal_gives_the_same_model_however_it_is_built(
     assert _kinds(result.model)["Gelu"] == 1
     assert op_counts(result.model)["Conv"] == 2 and "Div" in op_counts(result.model)
     assert_equivalent(model, result.model)
-    if how != "in_place":
+    if how == "in_place":
+        assert result.model is given  # rebuilt, as in_place promises
+    else:
         assert given == model  # the input is intact
     # built ahead, then again after the withdrawal; in place only once the review is done
     assert exports == ([True] if how == "large" else [False, how != "proto"])
@@ -142,12 +144,43 @@ def test_a_result_built_ahead_that_fails_the_checker_waits_for_the_review(
     withdraws = pipeline._Review.withdraws
     monkeypatch.setattr(pipeline._Review, "withdraws", lambda self, protected: (
         verdicts.append(withdraws(self, protected)) or verdicts[-1]))
+    with pytest.raises(OnnxrepError, match="test"):
+        onnxrep.optimize(_touched_fused_conv())
+    assert len(checks) == 1 and verdicts == [False]  # FusedConv[Relu] reviewed, kept
+
+
+def _touched_fused_conv() -> onnx.ModelProto:
+    """``Relu(Conv3x3(Conv1x1(x)))``: the 1x1 merges into the 3x3, whose FusedConv[Relu]
+    kernel the audit then reviews (and keeps)."""
     b = GraphBuilder(seed=2)
     x = b.input([1, 4, 8, 8])
-    y = b.conv(b.conv(x, 4, 8, 1), 8, 8, 3, pads=[0, 0, 0, 0])  # the 1x1 merges into the 3x3
-    with pytest.raises(OnnxrepError, match="test"):
-        onnxrep.optimize(b.model([b.node("Relu", [y])]))
-    assert len(checks) == 1 and verdicts == [False]  # FusedConv[Relu] reviewed, kept
+    y = b.conv(b.conv(x, 4, 8, 1), 8, 8, 3, pads=[0, 0, 0, 0])
+    return b.model([b.node("Relu", [y])])
+
+
+def test_a_kept_review_in_place_rebuilds_the_given_model() -> None:
+    model = _touched_fused_conv()
+    reference = onnxrep.optimize(model)
+    assert reference.audit.at_risk == 1 and reference.audit.after == {"FusedConv[Relu]": 1}
+    result = onnxrep.optimize(model, in_place=True)
+    assert result.model is model and op_counts(model) == {"Conv": 1, "Relu": 1}
+    assert model.SerializeToString() == reference.model.SerializeToString()
+
+
+def test_a_failure_during_the_review_drops_its_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error while the result is built ahead (here: in the export) is raised as it is, and
+    the verdict nobody will collect is dropped when it comes, not kept."""
+    from onnxrep import pipeline
+
+    def broken(*args: Any, **kwargs: Any) -> onnx.ModelProto:
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(pipeline, "export", broken)
+    with pytest.raises(RuntimeError, match="export failed"):
+        onnxrep.optimize(_touched_fused_conv())
+    monkeypatch.undo()
+    audit.kernels_of(conv_model(gelu_torchscript))  # answered after the dropped reply
+    assert audit._worker()._replies == {} and audit._worker()._forgotten == set()
 
 
 def test_the_audit_keeps_a_layer_norm_no_list_names(no_idiom_list: None) -> None:
