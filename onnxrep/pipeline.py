@@ -161,7 +161,7 @@ def _optimize(
     completed = io.output_types(original)
 
     before = ModelStats.of(original)
-    light = io.light_copy(original)
+    light = io.light_copy(original, node_metadata=False)
     shapes = ShapeInfo.infer(original, light)
     source, folded = original, 0
     for family, step in PREPARE:

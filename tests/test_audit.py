@@ -411,6 +411,28 @@ def test_light_copy_keeps_what_fusions_read() -> None:
     assert scales <= {t.name for t in audit.view(qdq).graph.initializer}
 
 
+def test_node_metadata_stays_in_the_output_not_in_the_light_copies() -> None:
+    """Dynamo exports describe every node in metadata_props: the pipeline's light copies
+    (shape inference, the audit) leave them out, the output keeps those of the nodes it keeps,
+    and the audit sees the same kernels."""
+    model = conv_model(gelu_torchscript)
+    for i, node in enumerate(model.graph.node):
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "pkg.torch.onnx.fx_node", f"%node_{i} : " + "x" * 200
+    given = model.SerializeToString()
+    light = io.light_copy(model, node_metadata=False)
+    assert all(len(n.metadata_props) == 0 for n in light.graph.node)
+    assert all(len(n.metadata_props) == 1 for n in io.light_copy(model).graph.node)
+    assert model.SerializeToString() == given
+    result = onnxrep.optimize(model)
+    assert result.audit.before == {"Gelu": 1} and _kinds(result.model)["Gelu"] == 1
+    kept = {n.output[0]: n for n in model.graph.node}
+    for node in result.model.graph.node:
+        if node.op_type in ("Div", "Erf", "Add", "Mul"):  # the Gelu's nodes, as they were
+            assert node == kept[node.output[0]]
+    assert model.SerializeToString() == given
+
+
 def test_report_and_cli_switch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "gelu.onnx"
     onnx.save(conv_model(gelu_torchscript), path)

@@ -115,7 +115,7 @@ def prepare(model: onnx.ModelProto, light: onnx.ModelProto, shapes: ShapeInfo,
         else:
             step.write(out.model, fresh=False)
         out.removed += len(step.folded)
-        out.light = io.light_copy(out.model)
+        out.light = io.light_copy(out.model, node_metadata=False)
         out.shapes = step.settled(out.model) or ShapeInfo.infer(out.model, out.light)
         if not any(n.op_type in SHAPE_READERS for n in step.kept):
             break  # every node of constants folded in this scan: only shapes add more
