@@ -244,15 +244,20 @@ class ShapeInfo:
         g = inferred.graph
         for vi in itertools.chain(g.input, g.value_info, g.output):
             info._add(vi)
+        info.add_initializers(model)
+        return info
+
+    def add_initializers(self, model: onnx.ModelProto) -> None:
+        """Record the shapes and types ``model``'s initializers (sparse ones too) have, but for
+        defaults a caller may override: their shape is what their input declares."""
         defaults = overridable(model)
         for t in model.graph.initializer:
-            if t.name not in defaults:  # a default's shape is what its input declares
-                info.shapes[t.name] = tuple(t.dims)
-                info.dtypes[t.name] = t.data_type
+            if t.name not in defaults:
+                self.shapes[t.name] = tuple(t.dims)
+                self.dtypes[t.name] = t.data_type
         for s in model.graph.sparse_initializer:
-            info.shapes[s.values.name] = tuple(s.dims)
-            info.dtypes[s.values.name] = s.values.data_type
-        return info
+            self.shapes[s.values.name] = tuple(s.dims)
+            self.dtypes[s.values.name] = s.values.data_type
 
     def _add(self, vi: onnx.ValueInfoProto) -> None:
         tt = vi.type.tensor_type

@@ -366,13 +366,7 @@ class _Round:
         if any(not _static(before.shapes.get(x)) or x not in before.dtypes for x in names):
             return None
         info = ShapeInfo({x: before.shapes[x] for x in names}, {x: before.dtypes[x] for x in names})
-        for t in g.initializer:
-            if t.name not in defaults:  # as ShapeInfo.infer: what the input declares
-                info.shapes[t.name] = tuple(t.dims)
-                info.dtypes[t.name] = t.data_type
-        for sparse in g.sparse_initializer:
-            info.shapes[sparse.values.name] = tuple(sparse.dims)
-            info.dtypes[sparse.values.name] = sparse.values.data_type
+        info.add_initializers(model)  # as ShapeInfo.infer does
         return info
 
     def write(self, model: onnx.ModelProto, fresh: bool) -> None:
