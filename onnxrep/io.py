@@ -32,12 +32,16 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from google.protobuf.message import EncodeError, Message
 from onnx import external_data_helper
 
 from onnxrep.errors import OnnxrepError, one_line
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import FieldDescriptor
 
 __all__ = [
     "MIN_OPSET",
@@ -417,19 +421,52 @@ def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
 
 def serialized_size(model: onnx.ModelProto) -> int:
     """The exact serialized size in bytes. protobuf's own ``ByteSize()`` encodes the whole
-    message (and refuses past 2 GB): it is used while the initializers hold at most
-    ``ENCODE_BELOW`` bytes (encoding a small model is quicker than taking it apart) and
-    the rest of the model fits too; larger models are sized without encoding any weights."""
-    if payload_bound(model) < ENCODE_BELOW:
+    message (and refuses past 2 GB): it is used while the initializers are small, both in all
+    (under ``ENCODE_BELOW`` bytes) and next to the number of the graph's parts (under
+    ``ENCODE_PER_PART`` bytes a part), and the rest of the model fits too. Otherwise the model
+    is sized part by part (:func:`_graph_size`), encoding no weights: 10 MB of weights in 1,700
+    nodes, initializers and value_infos take 2 ms against 3.3 ms encoded (more in a fresh
+    process, where the encoder's buffer is new memory)."""
+    graph = model.graph
+    payload = payload_bound(model)
+    parts = len(graph.node) + len(graph.initializer) + len(graph.value_info)
+    if payload < min(ENCODE_BELOW, ENCODE_PER_PART * parts):
         with contextlib.suppress(EncodeError, ValueError):  # over 2 GB outside initializers
             return model.ByteSize()
-    layout = _Layout(model)
-    graph = len(_varint(_GRAPH << 3 | 2)) + len(_varint(layout.graph_size)) + layout.graph_size
-    return len(layout.head) + (graph if model.HasField("graph") else 0) + len(layout.tail)
+    head, tail = _split(model, onnx.ModelProto(), _GRAPH)
+    if not model.HasField("graph"):
+        return len(head) + len(tail)
+    size = _graph_size(graph)
+    return len(head) + len(_varint(_GRAPH << 3 | 2)) + len(_varint(size)) + size + len(tail)
 
 
 ENCODE_BELOW = 1 << 26
-"""Models whose initializers hold fewer bytes than this are sized by encoding them."""
+"""Models whose initializers hold fewer bytes than this may be sized by encoding them."""
+ENCODE_PER_PART = 1 << 13
+"""... if their initializers hold fewer bytes than this a part of the graph (node,
+initializer, value_info): sizing a part costs about what encoding 6 kB of weights does."""
+
+
+def _graph_size(graph: onnx.GraphProto) -> int:
+    """Serialized size of ``graph``, its repeated messages sized one by one (initializers from
+    their shapes: :func:`_tensor_size`), the other fields encoded together."""
+    rest = onnx.GraphProto()
+    size = 0
+    for descriptor, value in graph.ListFields():
+        if descriptor.message_type is None or not _is_repeated(descriptor):
+            copy_field(rest, descriptor.name, value)
+            continue
+        sizes = map(_tensor_size, value) if descriptor.number == _INIT else (
+            part.ByteSize() for part in value)
+        # each part: its key, its length (a varint of 7 bits a byte) and its bytes
+        size += len(value) * len(_varint(descriptor.number << 3 | 2)) + sum(
+            n + ((n.bit_length() + 6) // 7 or 1) for n in sizes)
+    return size + rest.ByteSize()
+
+
+def _is_repeated(descriptor: FieldDescriptor) -> bool:
+    repeated = getattr(descriptor, "is_repeated", None)  # protobuf >= 5.29; ``label`` before
+    return bool(repeated) if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED
 
 
 def payload_bound(model: onnx.ModelProto) -> int:
@@ -689,7 +726,13 @@ def light_copy(model: onnx.ModelProto, *, node_metadata: bool = True) -> onnx.Mo
     for t in src.initializer:
         if not keep(t.name, t.data_type, math.prod(t.dims)):
             if t.name not in declared:
-                g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+                v = g.input.add()
+                v.name = t.name
+                tensor_type = v.type.tensor_type
+                tensor_type.elem_type = t.data_type
+                tensor_type.shape.SetInParent()  # a scalar's shape is present, with no dims
+                for d in t.dims:
+                    tensor_type.shape.dim.add().dim_value = d
         else:
             g.initializer.append(t)
     if not node_metadata:
