@@ -40,6 +40,11 @@ from onnx import external_data_helper
 
 from onnxrep.errors import OnnxrepError, one_line
 
+try:
+    from google.protobuf.unknown_fields import UnknownFieldSet as _UnknownFieldSet
+except ImportError:  # protobuf before 4.22: unknown fields cannot be told apart
+    _UnknownFieldSet = None
+
 if TYPE_CHECKING:
     from google.protobuf.descriptor import FieldDescriptor
 
@@ -407,14 +412,22 @@ def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     fields before ``initializer``, each initializer as a field of its own, and the rest. Only
     one tensor is ever held twice, instead of the whole model.
     """
+    if _has_unknown_fields(model) or _has_unknown_fields(model.graph):
+        yield model.SerializeToString()  # whole: copied field by field, they would be lost
+        return
     layout = _Layout(model)
     yield layout.head
     if model.HasField("graph"):
         yield _varint(_GRAPH << 3 | 2) + _varint(layout.graph_size)
         yield layout.graph_head
         for tensor, n in zip(model.graph.initializer, layout.sizes, strict=True):
+            data = tensor.SerializeToString()  # not concatenated: that would copy it again
+            if len(data) != n:  # raw_data of another length than its shape says
+                more = "more" if len(data) > n else "fewer"
+                raise ValueError(f"initializer {tensor.name!r} holds {more} raw bytes than its "
+                                 "shape and type take; onnxruntime refuses it too")
             yield _INIT_KEY + _varint(n)
-            yield tensor.SerializeToString()  # not concatenated: that would copy it again
+            yield data
         yield layout.graph_tail
     yield layout.tail
 
@@ -423,14 +436,16 @@ def serialized_size(model: onnx.ModelProto) -> int:
     """The exact serialized size in bytes. protobuf's own ``ByteSize()`` encodes the whole
     message (and refuses past 2 GB): it is used while the initializers are small, both in all
     (under ``ENCODE_BELOW`` bytes) and next to the number of the graph's parts (under
-    ``ENCODE_PER_PART`` bytes a part), and the rest of the model fits too. Otherwise the model
-    is sized part by part (:func:`_graph_size`), encoding no weights: 10 MB of weights in 1,700
-    nodes, initializers and value_infos take 2 ms against 3.3 ms encoded (more in a fresh
-    process, where the encoder's buffer is new memory)."""
+    ``ENCODE_PER_PART`` bytes a part), or when the model or its graph holds fields onnx does
+    not know, and the rest of the model fits too. Otherwise the model is sized part by part
+    (:func:`_graph_size`), encoding no large raw weights: 10 MB of weights in 1,700 nodes,
+    initializers and value_infos take 2.3 ms against 3.3 ms encoded (more in a fresh process,
+    where the encoder's buffer is new memory)."""
     graph = model.graph
     payload = payload_bound(model)
     parts = len(graph.node) + len(graph.initializer) + len(graph.value_info)
-    if payload < min(ENCODE_BELOW, ENCODE_PER_PART * parts):
+    if (payload < min(ENCODE_BELOW, ENCODE_PER_PART * parts)
+            or _has_unknown_fields(model) or _has_unknown_fields(graph)):
         with contextlib.suppress(EncodeError, ValueError):  # over 2 GB outside initializers
             return model.ByteSize()
     head, tail = _split(model, onnx.ModelProto(), _GRAPH)
@@ -443,8 +458,8 @@ def serialized_size(model: onnx.ModelProto) -> int:
 ENCODE_BELOW = 1 << 26
 """Models whose initializers hold fewer bytes than this may be sized by encoding them."""
 ENCODE_PER_PART = 1 << 13
-"""... if their initializers hold fewer bytes than this a part of the graph (node,
-initializer, value_info): sizing a part costs about what encoding 6 kB of weights does."""
+"""Nor may the initializers hold this many bytes per part of the graph (node, initializer,
+value_info): sizing a part costs about what encoding 6 KiB of weights does."""
 
 
 def _graph_size(graph: onnx.GraphProto) -> int:
@@ -465,7 +480,7 @@ def _graph_size(graph: onnx.GraphProto) -> int:
 
 
 def _is_repeated(descriptor: FieldDescriptor) -> bool:
-    repeated = getattr(descriptor, "is_repeated", None)  # protobuf >= 5.29; ``label`` before
+    repeated = getattr(descriptor, "is_repeated", None)  # protobuf 6 on; ``label`` before
     return bool(repeated) if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED
 
 
@@ -473,7 +488,7 @@ def payload_bound(model: onnx.ModelProto) -> int:
     """A bound on the bytes ``model``'s initializers hold (8 a value: exact for the numeric
     types; external data counted as if it were inside). Constant nodes, sparse initializers
     and functions are not counted: if they pass 2 GB, ``ByteSize()`` refuses and the caller
-    falls back to the layout."""
+    sizes the model part by part."""
     return 8 * sum(math.prod(t.dims) for t in model.graph.initializer)
 
 
@@ -496,12 +511,14 @@ class _Layout:
 
 
 def _tensor_size(t: onnx.TensorProto) -> int:
-    """Serialized size of ``t``; its raw bytes are counted from its shape, not copied."""
+    """Serialized size of ``t``; its raw bytes are counted from its shape, not copied (raw
+    bytes of another length, which onnxruntime refuses, are caught when written:
+    :func:`serialize_chunks`)."""
     if not t.HasField("raw_data") or t.data_type not in _ITEMSIZE:
         return t.ByteSize()
     n = _ITEMSIZE[t.data_type] * math.prod(t.dims)
-    if n < _SMALL:
-        return t.ByteSize()  # cheaper than rebuilding it field by field
+    if n < _SMALL or _has_unknown_fields(t):
+        return t.ByteSize()  # cheaper than rebuilding it field by field, or the only exact way
     stub = onnx.TensorProto()
     for descriptor in t.DESCRIPTOR.fields:  # not ListFields(): it would copy the raw bytes out
         if descriptor.number == _RAW:
@@ -513,6 +530,12 @@ def _tensor_size(t: onnx.TensorProto) -> int:
         if present:
             copy_field(stub, descriptor.name, getattr(t, descriptor.name))
     return stub.ByteSize() + 1 + len(_varint(n)) + n
+
+
+def _has_unknown_fields(message: Message) -> bool:
+    """``message`` holds fields its schema does not know (written by a newer onnx): copying
+    its known fields one by one would lose them. Where protobuf cannot tell, it may."""
+    return _UnknownFieldSet is None or len(_UnknownFieldSet(message)) > 0
 
 
 _SMALL = 1 << 16
@@ -730,7 +753,7 @@ def light_copy(model: onnx.ModelProto, *, node_metadata: bool = True) -> onnx.Mo
                 v.name = t.name
                 tensor_type = v.type.tensor_type
                 tensor_type.elem_type = t.data_type
-                tensor_type.shape.SetInParent()  # a scalar's shape is present, with no dims
+                tensor_type.shape.SetInParent()  # present even without dims, as onnx.helper has it
                 for d in t.dims:
                     tensor_type.shape.dim.add().dim_value = d
         else:

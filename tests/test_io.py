@@ -727,3 +727,54 @@ def test_size_by_parts_matches_protobuf_for_every_graph_field(monkeypatch, weigh
             external.external_data.add(key="location", value="w.bin")
     onnx.helper.set_model_props(model, {"k": "v"})
     assert io.serialized_size(model) == len(model.SerializeToString())
+
+
+_UNKNOWN = b"\xf8\x06\x05"  # field 111, a varint: no onnx message has it
+
+
+@pytest.mark.parametrize("where", ["model", "graph", "large tensor"])
+def test_fields_onnx_does_not_know_are_sized_and_written(tmp_path: Path, monkeypatch,
+                                                         where: str) -> None:
+    """A model written by a newer onnx holds fields this one does not know: they are part of
+    its bytes, so the size counts them and save writes them, on the part-by-part paths too."""
+    monkeypatch.setattr(io, "ENCODE_PER_PART", 0)
+    model = big_weight_model()
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ones((200, 200), np.float32), "big"))
+    target = {"model": model, "graph": model.graph,
+              "large tensor": model.graph.initializer[-1]}[where]
+    target.ParseFromString(target.SerializeToString() + _UNKNOWN)
+    blob = model.SerializeToString()
+    assert _UNKNOWN in blob
+    assert io.serialized_size(model) == len(blob)
+    assert b"".join(io.serialize_chunks(model)) == blob
+    io.save(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == blob
+
+
+@pytest.mark.parametrize(("edit", "word", "cli"), [
+    (lambda raw: raw + b"\0" * 4, "more", ("out", "more raw bytes than its shape")),
+    (lambda raw: raw[:-4], "fewer", ("in", "raw_data size (65532 bytes) is too small")),
+])
+def test_raw_data_of_another_length_than_its_shape_is_refused_not_written_corrupt(
+        tmp_path: Path, capsys, edit: Callable[[bytes], bytes], word: str,
+        cli: tuple[str, str]) -> None:
+    """Raw bytes of another length than a tensor's shape takes (onnx's checker lets them
+    pass, onnxruntime refuses them): the chunked writer, which sizes tensors from their
+    shapes, refuses to write rather than write a file protobuf cannot read."""
+    w = numpy_helper.from_array(np.ones((128, 128), np.float32), "w")  # 64 KiB: not encoded
+    w.raw_data = edit(w.raw_data)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [128, 128])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [128, 128])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(model, src)
+    with pytest.raises(OnnxrepError, match=f"{word} raw bytes than its shape"):
+        io.save(model, out)
+    assert not out.exists()
+    assert main(["optimize", str(src), "-o", str(out), "--no-audit"]) == 2
+    named = {"in": src, "out": out}[cli[0]]  # too few: onnx's checker refuses the input
+    _assert_one_line_error(capsys.readouterr().err, named, cli[1])
+    assert _leftovers(tmp_path, "in.onnx") == []
