@@ -32,7 +32,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from google.protobuf.message import EncodeError, Message
@@ -767,7 +767,8 @@ def light_copy(model: onnx.ModelProto, *, node_metadata: bool = True) -> onnx.Mo
 
 def model_without(model: onnx.ModelProto, *graph_fields: str) -> onnx.ModelProto:
     """A copy of ``model`` with every field but the named fields of its graph (say
-    ``"initializer"``): one copy of what is kept, none of what is left out."""
+    ``"initializer"``): one copy of what is kept, none of what is left out. Fields the
+    installed onnx does not know, on the model and on its graph, are kept too."""
     out = onnx.ModelProto()
     for descriptor, value in model.ListFields():
         if descriptor.name != "graph":
@@ -775,7 +776,35 @@ def model_without(model: onnx.ModelProto, *graph_fields: str) -> onnx.ModelProto
     for descriptor, value in model.graph.ListFields():
         if descriptor.name not in graph_fields:
             copy_field(out.graph, descriptor.name, value)
+    copy_unknown_fields(model, out)
+    if model.HasField("graph"):
+        copy_unknown_fields(model.graph, out.graph)
     return out
+
+
+def copy_unknown_fields(src: Message, dst: Message) -> None:
+    """Add to ``dst`` the fields of ``src`` its schema does not know (written by a newer onnx),
+    which copying known fields one by one leaves out."""
+    if _UnknownFieldSet is not None and len(_UnknownFieldSet(src)):
+        dst.MergeFromString(_encode_unknown(_UnknownFieldSet(src)))
+
+
+def _encode_unknown(fields: Iterable[Any]) -> bytes:
+    """Protobuf's wire format of unknown fields (``UnknownFieldSet`` entries)."""
+    out = bytearray()
+    for f in fields:
+        out += _varint(f.field_number << 3 | f.wire_type)
+        if f.wire_type == 0:  # varint
+            out += _varint(f.data)
+        elif f.wire_type == 1:  # 64 bits
+            out += f.data.to_bytes(8, "little")
+        elif f.wire_type == 2:  # length-delimited
+            out += _varint(len(f.data)) + f.data
+        elif f.wire_type == 3:  # group: its fields, then its end tag
+            out += _encode_unknown(f.data) + _varint(f.field_number << 3 | 4)
+        else:  # 5: 32 bits
+            out += f.data.to_bytes(4, "little")
+    return bytes(out)
 
 
 def copy_field(dst: Message, name: str, value: object) -> None:

@@ -22,6 +22,7 @@ import pytest
 from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
+import onnxrep
 from onnxrep import io
 from onnxrep.cli import main
 from onnxrep.errors import OnnxrepError
@@ -750,6 +751,34 @@ def test_fields_onnx_does_not_know_are_sized_and_written(tmp_path: Path, monkeyp
     assert b"".join(io.serialize_chunks(model)) == blob
     io.save(model, tmp_path / "m.onnx")
     assert (tmp_path / "m.onnx").read_bytes() == blob
+
+
+_UNKNOWN_EVERY_WIRE_TYPE = (_UNKNOWN + b"\x82\x07\x03abc" + b"\x8b\x07\xf8\x06\x01\x8c\x07"
+                            + b"\x8d\x07\x01\x02\x03\x04" + b"\x89\x07" + b"\x01" * 8)
+"""Fields 111-113 as a varint, bytes, a group, 32 and 64 bits."""
+
+
+@pytest.mark.parametrize("where", ["model", "graph"])
+@pytest.mark.parametrize("how", ["proto", "in place", "command line"])
+def test_the_optimized_model_keeps_fields_onnx_does_not_know(tmp_path: Path, where: str,
+                                                             how: str) -> None:
+    """The optimized model is rebuilt around its graph: the model's and the graph's fields
+    that the installed onnx does not know (every wire type) come along, as they were."""
+    model = big_weight_model()
+    target = model if where == "model" else model.graph
+    target.ParseFromString(target.SerializeToString() + _UNKNOWN_EVERY_WIRE_TYPE)
+    if how == "command line":
+        src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+        io.save(model, src)
+        assert main(["optimize", str(src), "-o", str(out), "-q"]) == 0
+        blob = out.read_bytes()
+        result = onnx.load_from_string(blob)
+    else:
+        opt = onnxrep.optimize(model, in_place=how == "in place")
+        assert opt.applied
+        result, blob = opt.model, opt.model.SerializeToString()
+    assert _UNKNOWN_EVERY_WIRE_TYPE in blob
+    assert len(result.graph.node) == 1  # the conv and its BN folded
 
 
 @pytest.mark.parametrize(("edit", "word", "cli"), [
