@@ -615,6 +615,38 @@ def compose(inner: Map, outer: Map) -> Map:
     raise Refused("neither convolution is 1x1 with stride 1 (and no pads after)")
 
 
+def narrowing(values: np.ndarray, cast: np.ndarray,
+              channels: Callable[[np.ndarray], np.ndarray] | None = None) -> str | None:
+    """Why ``cast``, the float64 ``values`` of a fold rounded once to the model's float type,
+    does not hold them as the unfolded layers would (None when it does).
+
+    - A value overflows (W * 1000 in float16 is inf; the unfolded Mul(Conv(x), 1000) is not).
+    - A weight's whole output channel falls below the smallest normal number: subnormals keep
+      a few bits, or none (W, s ~ 3e-4 in float16: W * s ~ 1e-7; 1e-23 * 1e-23 is 0 in
+      float32), so that channel's output is off by percents, where the unfolded layers round
+      two normal numbers. A small weight among normal ones in its channel is no harm: its
+      rounding error is below the largest one's. ``channels`` arranges a weight as ``[output
+      channel, rest]`` (given for weights only: a bias's rounding is that of the output).
+
+    Values that are not finite already are the caller's to refuse."""
+    limit = float(np.finfo(cast.dtype).max)
+    if values.size and not (-limit <= values.min() and values.max() <= limit):
+        return f"overflow {cast.dtype}"  # min and max: no temporary the size of the kernel
+    if channels is None or not values.size:
+        return None
+    peak = np.abs(channels(cast)).max(axis=1)  # temporaries of the narrow type
+    faint = peak < np.finfo(cast.dtype).tiny
+    if faint.any() and np.any(channels(values)[faint] != 0):
+        return (f"fall below the smallest normal {cast.dtype} in a whole output channel "
+                "(subnormal weights keep only a few bits, or none)")
+    return None
+
+
+def by_first_axis(a: np.ndarray) -> np.ndarray:
+    """A Conv's or a dense layer's weight as ``[output channel, rest]``."""
+    return a.reshape(a.shape[0], -1)
+
+
 def pad(
     m: Map, pads: tuple[int, ...], value: np.ndarray | float, tolerance: float = 0.0
 ) -> Map:
@@ -635,7 +667,7 @@ def pad(
     bias = m.bias if isinstance(m, ConvMap) else m.shift
     value = np.asarray(value, dtype=np.float64).reshape(-1)
     scale = float(np.max(_bias_mag(m), initial=0.0))
-    if np.any(np.abs(bias - value) > tolerance * scale):
+    if not np.all(np.abs(bias - value) <= tolerance * scale):  # NaN: never within
         raise Refused("pad value differs from the padded tensor's value at zero input")
     new_pads = tuple(a + b for a, b in zip(m.pads, pads, strict=True))
     return replace(m, pads=new_pads)
@@ -711,6 +743,17 @@ def transposed_affine(
     factor = t[out_channel].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
     b = np.zeros(cout) if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
     return w * factor, t * b + np.broadcast_to(np.asarray(shift, dtype=np.float64), (cout,))
+
+
+def transposed_channels(group: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A ConvTranspose weight ``[Cin, Cout/g, *k]`` as ``[output channel, rest]`` (see
+    :func:`transposed_affine` for which channel each entry feeds)."""
+    def arrange(a: np.ndarray) -> np.ndarray:
+        cin, per_group = a.shape[:2]
+        grouped = a.reshape(group, cin // group, per_group, -1)
+        return grouped.transpose(0, 2, 1, 3).reshape(group * per_group, -1)
+
+    return arrange
 
 
 def avg_pool(

@@ -127,9 +127,30 @@ def test_a_float16_fold_that_overflows_is_refused() -> None:
     assert op_counts(result.model) in ({"Conv": 1, "Mul": 1}, {"Conv": 1})
 
 
-@pytest.mark.parametrize(("dtype", "value"), [(np.float16, 0.03), (np.float32, 5e-6)])
+@pytest.mark.parametrize(("dtype", "scale"), [(np.float16, 3e-4), (np.float32, 1e-23)])
+def test_a_fold_whose_weights_fall_below_the_smallest_normal_is_refused(
+        dtype: type, scale: float) -> None:
+    """Exact in float64, rounded once, is exact only down to the smallest normal number: W * s
+    for W, s ~ 3e-4 is a float16 subnormal with a few bits left (the unfolded Mul(Conv(x), s)
+    rounds two normal numbers), and 1e-23 * 1e-23 is 0 in float32."""
+    g = GraphBuilder(dtype=dtype, seed=0)
+    x = g.input([1, 2, 4, 4], name="x")
+    w = g.init(np.full((2, 2, 3, 3), scale))
+    model = g.model([g.node("Mul", [g.node("Conv", [x, w], pads=[1] * 4),
+                                    g.init(np.array(scale))])])
+    result = onnxrep.optimize(model)
+    assert op_counts(result.model) == {"Conv": 1, "Mul": 1}, result.applied
+    assert any("smallest normal" in s.reason for s in result.skipped), result.skipped
+    big = 1.0 / scale if dtype == np.float32 else 1000.0
+    feeds = {"x": np.full((1, 2, 4, 4), big, dtype)}
+    assert onnxrep.compare(model, result.model, inputs=feeds).ok
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(np.float16, 0.03), (np.float32, 5e-6),
+                                            (np.float32, float("nan"))])
 def test_a_small_nonzero_pad_value_is_not_a_zero_pad(dtype: type, value: float) -> None:
-    """Conv1x1 (no bias: its border is 0) → Pad(value=v) → Conv3x3: v != 0, so no fold."""
+    """Conv1x1 (no bias: its border is 0) → Pad(value=v) → Conv3x3: v != 0, so no fold (a NaN
+    border, within no tolerance of anything, least of all)."""
     g = GraphBuilder(dtype=dtype, seed=0)
     x = g.input([1, 4, 6, 6], name="x")
     pads = g.init(np.array([0, 0, 1, 1, 0, 0, 1, 1]), cast=False)

@@ -137,6 +137,39 @@ def test_range_constant_of_shape_and_friends() -> None:
     _agree("CastLike", [x, np.array([1], dtype=np.int64)])
 
 
+def test_a_float_range_is_evaluated_only_where_runtimes_agree() -> None:
+    """The specification's ``start + i * delta`` and onnxruntime's running sum differ in float32
+    for steps like 0.1: such a Range is left to run time; one whose terms agree is folded."""
+    for start, limit, delta in ((0.0, 10.0, 0.1), (0.5, 3.7, 0.3)):
+        node = helper.make_node("Range", ["s", "l", "d"], ["y"])
+        inputs = [np.array(v, np.float32) for v in (start, limit, delta)]
+        with pytest.raises(interpret.Unevaluable, match="running sum"):
+            interpret.run(node, inputs, 18)
+    _agree("Range", [np.array(-1.0, np.float32), np.array(1.0, np.float32),
+                     np.array(0.25, np.float32)])
+    _agree("Range", [np.array(0.0, np.float32), np.array(64.0, np.float32),
+                     np.array(1.0, np.float32)])
+
+
+@pytest.mark.parametrize("op", ["Einsum", "MatMul"])
+def test_half_precision_contractions_sum_as_exactly_as_they_can(op: str) -> None:
+    """numpy sums float16 products in float16 (percents off over 4,096 terms); a folded
+    constant is the exact sum rounded once, within an ulp of onnxruntime's float32 sum."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (8, 4096)).astype(np.float16)
+    b = rng.uniform(0, 1, (4096, 8)).astype(np.float16)
+    attrs = {"equation": "ik,kj->ij"} if op == "Einsum" else {}
+    node = helper.make_node(op, ["a", "b"], ["y"], **attrs)
+    (mine,) = interpret.run(node, [a, b], 18)
+    assert mine.dtype == np.float16
+    exact = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float16)
+    np.testing.assert_array_equal(mine, exact)
+    runtime = _runtime(node, [a, b], 18)
+    if runtime is not None:
+        ulp = np.spacing(np.abs(exact)).astype(np.float64)
+        assert np.all(np.abs(mine.astype(np.float64) - runtime[0]) <= ulp)
+
+
 def test_what_it_does_not_implement_goes_to_the_reference_evaluator() -> None:
     node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)

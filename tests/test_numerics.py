@@ -298,3 +298,30 @@ def test_kernels_are_computed_only_when_asked_for() -> None:
     merged = nx.add([nx.affine(m, RNG.random(8), RNG.random(8)), conv(8, 8, (1, 1))])
     assert calls == [] and merged.kernel == (3, 3)
     assert merged.weights().shape == (8, 8, 3, 3) and calls == [1]
+
+
+@pytest.mark.parametrize("group", [1, 2, 3])
+def test_transposed_channels_rows_are_the_output_channels(group: int) -> None:
+    """Row o of the arranged ConvTranspose weight holds exactly the entries that
+    ``transposed_affine`` scales by ``scale[o]``: a one-hot scale keeps just that row."""
+    w = np.random.default_rng(group).uniform(1, 2, (6, 2, 3, 3))
+    rows = nx.transposed_channels(group)(w)
+    assert rows.shape == (2 * group, 6 // group * 9)
+    for o in range(2 * group):
+        one_hot = np.eye(2 * group)[o]
+        kept, _ = nx.transposed_affine(w, None, group, one_hot, np.zeros(2 * group))
+        np.testing.assert_array_equal(np.sort(kept[kept != 0]), np.sort(rows[o]))
+
+
+def test_narrowing_judges_whole_output_channels() -> None:
+    """One small weight among normal ones in its channel rounds harmlessly to a float16
+    subnormal; a channel made only of such weights does not."""
+    w = np.array([[1.0, 1e-6], [1e-6, 2e-6]])
+    assert nx.narrowing(w[:1], w[:1].astype(np.float16), nx.by_first_axis) is None
+    why = nx.narrowing(w, w.astype(np.float16), nx.by_first_axis)
+    assert why is not None and "smallest normal float16" in why
+    assert nx.narrowing(np.zeros((2, 2)), np.zeros((2, 2), np.float16), nx.by_first_axis) is None
+    with np.errstate(over="ignore"):
+        inf = np.array([1e5]).astype(np.float16)
+    assert nx.narrowing(np.array([1e5]), inf) == "overflow float16"
+    assert nx.narrowing(np.array([1e-6]), np.array([1e-6]).astype(np.float16)) is None  # a bias

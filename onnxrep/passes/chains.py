@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxrep import numerics as nx
 from onnxrep.graph import ShapeInfo, is_default_domain, shared_reason, splice
 from onnxrep.passes.channelwise import affine_chain, is_affine
 from onnxrep.refusal import Refused
@@ -37,6 +38,8 @@ class Layer:
     channels: int
     dtype: np.dtype
     rewrite: Callable[[np.ndarray, np.ndarray], tuple[str, list[np.ndarray | None], dict]]
+    by_channel: Callable[[np.ndarray], np.ndarray]
+    """The weight (slot 1) as ``[output channel, rest]`` (``numerics.narrowing``)."""
 
 
 Parser = Callable[[gs.Node, ShapeInfo], Layer]
@@ -83,13 +86,23 @@ def fold_chains(
         if not chain:
             continue
         op, arrays, attrs = layer.rewrite(scale, shift)
+        with np.errstate(over="ignore"):  # an overflow is what narrowing reports
+            cast = [None if v is None else np.ascontiguousarray(v, layer.dtype) for v in arrays]
+        why = None
+        for slot, (values, narrow) in enumerate(zip(arrays, cast, strict=True), start=1):
+            if values is not None and narrow is not None and why is None:
+                why = nx.narrowing(values, narrow, layer.by_channel if slot == 1 else None)
+        if why is not None:
+            skips.append(Skip(family, node.name, node.op,
+                              f"the folded weights of {1 + len(chain)} nodes {why}"))
+            continue
         inputs: list[gs.Tensor] = [node.inputs[0]]
-        for slot, values in enumerate(arrays, start=1):
+        for slot, values in enumerate(cast, start=1):
             if values is None:
                 inputs.append(gs.Variable.empty())
                 continue
             hint = f"{node.name or node.op}.{'weight' if slot == 1 else 'bias'}"
-            inputs.append(gs.Constant(names.fresh(hint), np.ascontiguousarray(values, layer.dtype)))
+            inputs.append(gs.Constant(names.fresh(hint), values))
         last = chain[-1].outputs[0]
         removed.update((id(n), n) for n in (node, *chain))
         replacements[id(node)] = ([gs.Node(op, node.name, attrs, inputs=inputs)], last)

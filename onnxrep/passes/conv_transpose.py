@@ -48,7 +48,8 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
         w, b = nx.transposed_affine(constant(weight), bias, g, scale, shift)
         return "ConvTranspose", [w, b], kept
 
-    return Layer(len(shape), shape[1] * g, np.dtype(weight.dtype), rewrite)
+    return Layer(len(shape), shape[1] * g, np.dtype(weight.dtype), rewrite,
+                 nx.transposed_channels(g))
 
 
 def run(graph: gs.Graph, state: PassState) -> tuple[list[Fold], list[Skip]]:

@@ -51,6 +51,24 @@ def test_conv_transpose_bn(group: int, bias: bool, attrs: dict) -> None:
     assert r.applied_by_pattern() == {"convtranspose-bn": 1}
 
 
+@pytest.mark.parametrize(("dtype", "weight", "scale", "why"), [
+    (np.float16, 100.0, 1000.0, "overflow float16"),
+    (np.float16, 3e-4, 3e-4, "fall below the smallest normal float16"),
+    (np.float32, 1e-23, 1e-23, "fall below the smallest normal float32"),
+])
+def test_conv_transpose_weights_that_do_not_round_once_are_not_folded(
+        dtype: type, weight: float, scale: float, why: str) -> None:
+    """W * s, computed in float64, must round to the model's type within half an ulp: not
+    inf (1e5 in float16) nor a subnormal or 0 (a float16 3e-4 * 3e-4; 1e-23 * 1e-23 in
+    float32), which the unfolded Mul(ConvTranspose(x), s) never holds."""
+    g = GraphBuilder(dtype=dtype, seed=0)
+    x = g.input([1, 2, 4, 4])
+    y = g.node("ConvTranspose", [x, g.init(np.full((2, 2, 3, 3), weight))], kernel_shape=[3, 3])
+    model = g.model([g.node("Mul", [y, g.init(np.full((2, 1, 1), scale))])])
+    r = optimized(model, {"ConvTranspose": 1, "Mul": 1})
+    assert any(why in reason for reason in reasons(r)), reasons(r)
+
+
 # -- after a dense layer ------------------------------------------------------------------------
 
 
