@@ -615,10 +615,10 @@ def compose(inner: Map, outer: Map) -> Map:
     raise Refused("neither convolution is 1x1 with stride 1 (and no pads after)")
 
 
-def narrowing(values: np.ndarray, cast: np.ndarray,
+def narrowing(values: np.ndarray, dtype: np.dtype,
               channels: Callable[[np.ndarray], np.ndarray] | None = None) -> str | None:
-    """Why ``cast``, the float64 ``values`` of a fold rounded once to the model's float type,
-    does not hold them as the unfolded layers would (None when it does).
+    """Why the float64 ``values`` of a fold, rounded once to the model's float ``dtype``, do
+    not hold what the unfolded layers compute (None when they do).
 
     - A value overflows (W * 1000 in float16 is inf; the unfolded Mul(Conv(x), 1000) is not).
     - A weight's whole output channel falls below the smallest normal number: subnormals keep
@@ -628,17 +628,20 @@ def narrowing(values: np.ndarray, cast: np.ndarray,
       rounding error is below the largest one's. ``channels`` arranges a weight as ``[output
       channel, rest]`` (given for weights only: a bias's rounding is that of the output).
 
+    One pass of min and max over the values, by channel: no temporary the size of a kernel.
     Values that are not finite already are the caller's to refuse."""
-    limit = float(np.finfo(cast.dtype).max)
-    if values.size and not (-limit <= values.min() and values.max() <= limit):
-        return f"overflow {cast.dtype}"  # min and max: no temporary the size of the kernel
-    if channels is None or not values.size:
+    if not values.size:
         return None
-    peak = np.abs(channels(cast)).max(axis=1)  # temporaries of the narrow type
-    faint = peak < np.finfo(cast.dtype).tiny
-    if faint.any() and np.any(channels(values)[faint] != 0):
-        return (f"fall below the smallest normal {cast.dtype} in a whole output channel "
-                "(subnormal weights keep only a few bits, or none)")
+    info = np.finfo(dtype)
+    rows = channels(values) if channels is not None else values.reshape(1, -1)
+    low, high = rows.min(axis=1), rows.max(axis=1)
+    if not (-float(info.max) <= low.min() and high.max() <= float(info.max)):
+        return f"overflow {info.dtype}"
+    if channels is not None:
+        peak = np.maximum(high, -low)
+        if np.any((peak > 0) & (peak < info.tiny)):
+            return (f"fall below the smallest normal {info.dtype} in a whole output channel "
+                    "(subnormal weights keep only a few bits, or none)")
     return None
 
 

@@ -316,12 +316,13 @@ def test_transposed_channels_rows_are_the_output_channels(group: int) -> None:
 def test_narrowing_judges_whole_output_channels() -> None:
     """One small weight among normal ones in its channel rounds harmlessly to a float16
     subnormal; a channel made only of such weights does not."""
-    w = np.array([[1.0, 1e-6], [1e-6, 2e-6]])
-    assert nx.narrowing(w[:1], w[:1].astype(np.float16), nx.by_first_axis) is None
-    why = nx.narrowing(w, w.astype(np.float16), nx.by_first_axis)
+    half = np.dtype(np.float16)
+    w = np.array([[1.0, -1e-6], [-1e-6, 2e-6]])
+    assert nx.narrowing(w[:1], half, nx.by_first_axis) is None
+    why = nx.narrowing(w, half, nx.by_first_axis)
     assert why is not None and "smallest normal float16" in why
-    assert nx.narrowing(np.zeros((2, 2)), np.zeros((2, 2), np.float16), nx.by_first_axis) is None
-    with np.errstate(over="ignore"):
-        inf = np.array([1e5]).astype(np.float16)
-    assert nx.narrowing(np.array([1e5]), inf) == "overflow float16"
-    assert nx.narrowing(np.array([1e-6]), np.array([1e-6]).astype(np.float16)) is None  # a bias
+    assert nx.narrowing(-w[1:], half, nx.by_first_axis) == why  # by magnitude, either sign
+    assert nx.narrowing(np.zeros((2, 2)), half, nx.by_first_axis) is None
+    assert nx.narrowing(np.array([1e5]), half) == "overflow float16"
+    assert nx.narrowing(np.array([-1e5]), half) == "overflow float16"
+    assert nx.narrowing(np.array([1e-6]), half) is None  # a bias: rounds as the output does

@@ -86,23 +86,21 @@ def fold_chains(
         if not chain:
             continue
         op, arrays, attrs = layer.rewrite(scale, shift)
-        with np.errstate(over="ignore"):  # an overflow is what narrowing reports
-            cast = [None if v is None else np.ascontiguousarray(v, layer.dtype) for v in arrays]
         why = None
-        for slot, (values, narrow) in enumerate(zip(arrays, cast, strict=True), start=1):
-            if values is not None and narrow is not None and why is None:
-                why = nx.narrowing(values, narrow, layer.by_channel if slot == 1 else None)
+        for slot, values in enumerate(arrays, start=1):
+            if values is not None and why is None:  # rounded once to the model's type
+                why = nx.narrowing(values, layer.dtype, layer.by_channel if slot == 1 else None)
         if why is not None:
             skips.append(Skip(family, node.name, node.op,
                               f"the folded weights of {1 + len(chain)} nodes {why}"))
             continue
         inputs: list[gs.Tensor] = [node.inputs[0]]
-        for slot, values in enumerate(cast, start=1):
+        for slot, values in enumerate(arrays, start=1):
             if values is None:
                 inputs.append(gs.Variable.empty())
                 continue
             hint = f"{node.name or node.op}.{'weight' if slot == 1 else 'bias'}"
-            inputs.append(gs.Constant(names.fresh(hint), values))
+            inputs.append(gs.Constant(names.fresh(hint), np.ascontiguousarray(values, layer.dtype)))
         last = chain[-1].outputs[0]
         removed.update((id(n), n) for n in (node, *chain))
         replacements[id(node)] = ([gs.Node(op, node.name, attrs, inputs=inputs)], last)

@@ -540,13 +540,11 @@ def _weights(c: Candidate, root: gs.Node, ctx: RegionContext) -> np.ndarray | No
     assert isinstance(c.map, nx.ConvMap)
     weights = c.map.weights() if c.map.rank else nx.dense_weights(c.map)
     dtype = _dtype(c)
-    with np.errstate(over="ignore"):  # an overflow is what narrowing reports
-        cast, bias = weights.astype(dtype), c.map.bias.astype(dtype)
-    why = nx.narrowing(weights, cast, nx.by_first_axis) or nx.narrowing(c.map.bias, bias)
+    why = nx.narrowing(weights, dtype, nx.by_first_axis) or nx.narrowing(c.map.bias, dtype)
     if why is not None:
         ctx.note(root, _label(c), f"the folded weights of {len(c.nodes)} nodes {why}")
         return None
-    return cast
+    return weights.astype(dtype)
 
 
 def _emit_partial(
