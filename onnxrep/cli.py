@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -25,7 +26,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from onnxrep import __version__
 from onnxrep.errors import OnnxrepError, one_line
@@ -54,8 +55,37 @@ exit codes:
   130  interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP, nothing left half-written"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line like every other error (its subcommands'
+    parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"onnxrep: error: {self.prog}: {message} (see {self.prog} --help)",
+              file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _tolerance(text: str) -> float:
+    """A tolerance: a finite number, 0 or more."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _number(text: str) -> float:
+    """A finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onnxrep",
         description=textwrap.fill(
             "Structural re-parameterization of ONNX models: fold BatchNorm and collapse "
@@ -99,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
               "is below the bar, or the bar is 1 or more and the optimized model is not faster "
               "beyond the measured noise (the 95 % interval of the median ratio reaches 1).")
     chk.add_argument("input", metavar="MODEL", help="input .onnx model")
-    chk.add_argument("--min-speedup", type=float, metavar="X",
+    chk.add_argument("--min-speedup", type=_number, metavar="X",
                      help="fail (exit 3) when p50(input) / p50(optimized) < X (default: no bar)")
     _skip_option(chk)
     _audit_option(chk)
@@ -161,8 +191,8 @@ def _parity_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", choices=RUNTIMES, default="onnxruntime",
                    help="where the reference model runs for parity (default onnxruntime, at "
                    "disable_all)")
-    p.add_argument("--atol", type=float, help="absolute tolerance (default by dtype)")
-    p.add_argument("--rtol", type=float,
+    p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default by dtype)")
+    p.add_argument("--rtol", type=_tolerance,
                    help="tolerance relative to the output's max |value| (default by dtype)")
     p.add_argument("--inputs", metavar="FILE.npz", help="inputs to use instead of random ones")
     p.add_argument("--shape", action="append", metavar="NAME:DIMS",
@@ -241,10 +271,15 @@ def _optimize(args: argparse.Namespace) -> int:
     src = Path(args.input)
     if args.output is None and not args.in_place:
         raise OnnxrepError("missing -o OUTPUT (or --in-place to overwrite the input)")
-    dst = Path(args.output) if args.output else src
+    dst = _file_name(args.output, "the output") if args.output is not None else src
+    if dst.suffix.lower() in io.TEXT_SUFFIXES:  # read in onnx's text formats, written binary
+        raise OnnxrepError(f"{dst}: the output is written as binary ONNX, not in the text "
+                           f"format its name says; name it .onnx")
+    if args.report is not None:
+        _file_name(args.report, "the report")
     if _same_file(src, dst) and not args.in_place:
         raise OnnxrepError(f"{dst}: output is the input; pass --in-place to overwrite it")
-    if args.report:
+    if args.report is not None:
         report_format(args.report)
     if args.deploy_form and not args.bench:
         raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
@@ -253,7 +288,7 @@ def _optimize(args: argparse.Namespace) -> int:
                            "--verify or --bench")
     _require(args, parity=args.verify, timing=args.bench)
     outputs = [("the output", dst), ("the output's data file", dst.with_name(dst.name + ".data")),
-               *([("the report", Path(args.report))] if args.report else [])]
+               *([("the report", Path(args.report))] if args.report is not None else [])]
     in_place = args.in_place and _same_file(src, dst)
     _check_outputs(outputs, [("the input", src)], in_place=in_place)
     model, sources = ui.load_with_sources(src)
@@ -288,7 +323,7 @@ def _optimize(args: argparse.Namespace) -> int:
     # The report is staged first and renamed into place after the model is saved: a report
     # that cannot be written leaves no model behind, and a model that cannot be written leaves
     # no report claiming it was.
-    staged = StagedReport(report, args.report) if args.report else None
+    staged = StagedReport(report, args.report) if args.report is not None else None
     try:
         if report.written:
             with ui.step(f"writing {dst}"):
@@ -374,6 +409,14 @@ def _slow(timing: BenchResult, result: OptimizeResult | None,
     return [warning] if warning else []
 
 
+def _file_name(text: str, role: str) -> Path:
+    """``text`` as the path of a file to write (refused when it names no file: empty, ``.``,
+    or ending in a separator, which a Path would drop)."""
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise OnnxrepError(f"{text!r}: {role} needs a file name")
+    return Path(text)
+
+
 def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]], *,
                    in_place: bool = False) -> None:
     """Refuse, before anything is written, an output that would replace a FIFO, a device or
@@ -427,8 +470,9 @@ def _check(args: argparse.Namespace) -> int:
     from onnxrep.report import Report, Verdict, render_text, report_format, write
 
     ui = _Console(args)
-    outputs = [("the report", Path(args.report))] if args.report else []
-    if args.report:
+    outputs = ([("the report", _file_name(args.report, "the report"))]
+               if args.report is not None else [])
+    if args.report is not None:
         report_format(args.report)
     bar = args.min_speedup
     if bar is not None and not bar > 0:
@@ -466,7 +510,7 @@ def _check(args: argparse.Namespace) -> int:
             reached = f" >= {bar:g}x" if bar is not None else ""
             verdict = Verdict(True, EXIT_OK, f"parity ok, speedup {shown}{reached}", bar)
     report.check = verdict
-    if args.report:
+    if args.report is not None:
         with ui.step(f"writing {args.report}"):
             write(report, args.report)
     if args.json:

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxrep.errors import OnnxrepError, one_line
 from onnxrep.io import light_copy, node_subgraphs
 from onnxrep.refusal import Refused
 
@@ -98,7 +99,11 @@ def constant(tensor: gs.Tensor | None) -> np.ndarray | None:
     kept = raw.__dict__.get(_DECODED)
     if kept is not None:
         return kept
-    values = numpy_helper.to_array(raw.tensor)  # one copy of the bytes (gs's load makes two)
+    try:
+        values = numpy_helper.to_array(raw.tensor)  # one copy of the bytes (gs's load makes two)
+    except ValueError as e:  # raw bytes of another length than the shape (checker-approved)
+        raise OnnxrepError(f"initializer {tensor.name!r} does not hold the data its shape and "
+                           f"type say, which onnxruntime refuses too ({one_line(e)})") from None
     if values.nbytes <= SMALL_CONSTANT:
         values.flags.writeable = False
         raw.__dict__[_DECODED] = values

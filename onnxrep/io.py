@@ -112,6 +112,7 @@ def load_with_sources(
             location = {e.key: e.value for e in t.external_data}.get("location", "")
             if location and p.parent / location not in sources:
                 sources.append(p.parent / location)
+    _bound_external_reads(model)
     try:
         external_data_helper.load_external_data_for_model(model, str(p.parent))
     except OSError as e:
@@ -402,6 +403,17 @@ def save(
         for t in (*temps, *([backup] if backup else [])):
             with contextlib.suppress(OSError):
                 os.unlink(t)
+
+
+def _bound_external_reads(model: onnx.ModelProto) -> None:
+    """An external tensor without a ``length`` reads what its shape and type take, as
+    onnxruntime reads it (onnx's loader would read the whole rest of the file)."""
+    for t in _tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL or t.data_type not in _ITEMSIZE:
+            continue
+        if not any(e.key == "length" for e in t.external_data):
+            t.external_data.add(key="length",
+                                value=str(_ITEMSIZE[t.data_type] * math.prod(t.dims)))
 
 
 def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:

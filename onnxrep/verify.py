@@ -662,8 +662,11 @@ def _diff(
         )
     if not _is_float(ref.dtype):
         mismatches = int(np.count_nonzero(ref != got))
-        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64)) if ref.size else ref
-        max_abs = float(diff.max()) if ref.size else 0.0
+        if ref.dtype.kind in "biu":
+            diff = np.abs(ref.astype(np.float64) - got.astype(np.float64)) if ref.size else ref
+            max_abs = float(diff.max()) if ref.size else 0.0
+        else:  # strings (and other objects): equal or not, no distance
+            max_abs = 0.0 if mismatches == 0 else float("inf")
         return OutputDiff(
             name, str(ref.dtype), list(ref.shape), max_abs, max_abs, max_abs,
             1.0 if mismatches == 0 else 0.0, 0.0, 0.0, 0.0, mismatches == 0,

@@ -175,3 +175,96 @@ def test_quiet_is_silent_and_library_warnings_are_counted(tmp_path: Path) -> Non
         listed = "RuntimeWarning: invalid value" if src.name == "nan-bn.onnx" else (
             "onnx-graphsurgeon: Could not convert: BFLOAT16")
         assert listed in verbose and listed not in default
+
+
+@pytest.mark.parametrize("argv", [
+    ["nope"], [], ["check", "m.onnx", "--min-speedup", "abc"],
+    ["check", "m.onnx", "--min-speedup", "inf"], ["compare", "a.onnx", "b.onnx", "--atol", "nan"],
+    ["compare", "a.onnx", "b.onnx", "--rtol", "-1"], ["bench", "m.onnx", "--runs", "x"],
+])
+def test_usage_errors_are_one_line(argv: list[str], capsys) -> None:
+    """A usage error reads like every other error: one line, exit 2; tolerances and bars
+    must be finite (and tolerances not negative), or every comparison fails."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxrep: error: onnxrep"), err
+    assert "--help" in err[0]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("-o", "."), ("-o", "newdir/"), ("-o", ""),
+                                             ("--report", ""), ("--report", "sub/")])
+def test_an_output_that_names_no_file_is_refused(model_path: Path, tmp_path: Path, capsys,
+                                                 flag: str, value: str) -> None:
+    """'.', a path ending in a separator (which a Path drops: -o newdir/ wrote a file named
+    newdir) or an empty name (--report '' was ignored) name no file to write."""
+    value = value.replace("newdir/", f"{tmp_path}/newdir/").replace("sub/", f"{tmp_path}/sub/")
+    argv = ["optimize", str(model_path), "-o", str(tmp_path / "out.onnx")]
+    argv = [*argv[:2], flag, value] if flag == "-o" else [*argv, flag, value]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a file name" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_string_outputs_are_compared_for_equality(tmp_path: Path, capsys) -> None:
+    """A model with a string output (onnxruntime runs it) verifies: strings are equal or
+    not, they have no distance."""
+    g = GraphBuilder(seed=0)
+    x = g.input([1, 2, 4, 4], name="x")
+    model = g.model([g.bn(g.conv(x, 2, 2, 3), 2)])
+    words = onnx.helper.make_tensor("words", onnx.TensorProto.STRING, [2], [b"a", b"b"])
+    model.graph.initializer.append(words)
+    model.graph.node.append(onnx.helper.make_node("Identity", ["words"], ["labels"]))
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info("labels", onnx.TensorProto.STRING, [2]))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["compare", str(path), str(path)]) == 0
+    assert main(["optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--verify"]) == 0
+    assert "labels" in capsys.readouterr().out
+
+
+def test_external_data_without_a_length_reads_what_the_shape_takes(tmp_path: Path) -> None:
+    """An external tensor without 'length' (onnxruntime reads the bytes its shape takes;
+    onnx's loader would read the rest of the file too, and then the tensor fits no shape)."""
+    g = GraphBuilder(seed=0)
+    x = g.input([1, 2, 4, 4], name="x")
+    model = g.model([g.bn(g.conv(x, 2, 2, 3), 2)])
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    raw = weight.raw_data
+    (tmp_path / "w.bin").write_bytes(raw + b"\0" * 64)  # more than the tensor in the file
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="w.bin")
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), "-o", str(out), "--verify", "-q"]) == 0
+    assert op_counts(onnx.load(out)) == {"Conv": 1}
+
+
+def test_an_initializer_whose_data_does_not_fit_its_shape_is_named(tmp_path: Path,
+                                                                   capsys) -> None:
+    g = GraphBuilder(seed=0)
+    x = g.input([1, 2, 4, 4], name="x")
+    model = g.model([g.bn(g.conv(x, 2, 2, 3), 2)])
+    bias = next(t for t in model.graph.initializer if t.name.endswith("bias") or
+                len(t.dims) == 1)
+    bias.raw_data = bias.raw_data + b"\0" * 8
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["optimize", str(path), "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"initializer {bias.name!r} does not hold the data" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.onnxtxt", "out.textproto"])
+def test_an_output_named_for_a_text_format_is_refused(model_path: Path, tmp_path: Path,
+                                                      capsys, name: str) -> None:
+    """Text formats are read, but the output is binary: under such a name neither onnx nor
+    onnxrep could read it back."""
+    assert main(["optimize", str(model_path), "-o", str(tmp_path / name)]) == 2
+    assert "written as binary ONNX" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()

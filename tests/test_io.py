@@ -405,7 +405,7 @@ def test_no_output_is_an_input_or_another_output(case: str, tmp_path: Path, caps
         "output-data-file-is-the-data-file": (tmp_path / "weights.onnx", report),
         "report-is-the-data-file": (out, tmp_path / "data.json"),
         "report-is-the-input": (out, tmp_path / "in.json"),
-        "report-is-the-output": (tmp_path / "o.json", tmp_path / "o.json"),
+        "report-is-the-output": (tmp_path / "o.html", tmp_path / "o.html"),
         "report-is-the-output-data-file": (out, tmp_path / "out-data.json"),
         "report-is-a-link-to-the-output": (out, tmp_path / "out.json"),
     }[case]
