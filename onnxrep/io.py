@@ -44,6 +44,9 @@ try:
     from google.protobuf.unknown_fields import UnknownFieldSet as _UnknownFieldSet
 except ImportError:  # protobuf before 4.22: unknown fields cannot be told apart
     _UnknownFieldSet = None
+_UNKNOWN_HIDDEN = _UnknownFieldSet is None
+"""This protobuf cannot list the fields a message holds that onnx does not know (written by a
+newer onnx): copied field by field they would be lost, so messages are encoded whole."""
 
 if TYPE_CHECKING:
     from google.protobuf.descriptor import FieldDescriptor
@@ -424,8 +427,8 @@ def serialize_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     fields before ``initializer``, each initializer as a field of its own, and the rest. Only
     one tensor is ever held twice, instead of the whole model.
     """
-    if _has_unknown_fields(model) or _has_unknown_fields(model.graph):
-        yield model.SerializeToString()  # whole: copied field by field, they would be lost
+    if _UNKNOWN_HIDDEN:
+        yield model.SerializeToString()
         return
     layout = _Layout(model)
     yield layout.head
@@ -448,16 +451,15 @@ def serialized_size(model: onnx.ModelProto) -> int:
     """The exact serialized size in bytes. protobuf's own ``ByteSize()`` encodes the whole
     message (and refuses past 2 GB): it is used while the initializers are small, both in all
     (under ``ENCODE_BELOW`` bytes) and next to the number of the graph's parts (under
-    ``ENCODE_PER_PART`` bytes a part), or when the model or its graph holds fields onnx does
-    not know, and the rest of the model fits too. Otherwise the model is sized part by part
-    (:func:`_graph_size`), encoding no large raw weights: 10 MB of weights in 1,700 nodes,
-    initializers and value_infos take 2.3 ms against 3.3 ms encoded (more in a fresh process,
-    where the encoder's buffer is new memory)."""
+    ``ENCODE_PER_PART`` bytes a part), and the rest of the model fits too. Otherwise the
+    model is sized part by part (:func:`_graph_size`; fields onnx does not know included),
+    encoding no large raw weights: 10 MB of weights in 1,700 nodes, initializers and
+    value_infos take 2.3 ms against 3.3 ms encoded (more in a fresh process, where the
+    encoder's buffer is new memory)."""
     graph = model.graph
     payload = payload_bound(model)
     parts = len(graph.node) + len(graph.initializer) + len(graph.value_info)
-    if (payload < min(ENCODE_BELOW, ENCODE_PER_PART * parts)
-            or _has_unknown_fields(model) or _has_unknown_fields(graph)):
+    if payload < min(ENCODE_BELOW, ENCODE_PER_PART * parts) or _UNKNOWN_HIDDEN:
         with contextlib.suppress(EncodeError, ValueError):  # over 2 GB outside initializers
             return model.ByteSize()
     head, tail = _split(model, onnx.ModelProto(), _GRAPH)
@@ -488,6 +490,7 @@ def _graph_size(graph: onnx.GraphProto) -> int:
         # each part: its key, its length (a varint of 7 bits a byte) and its bytes
         size += len(value) * len(_varint(descriptor.number << 3 | 2)) + sum(
             n + ((n.bit_length() + 6) // 7 or 1) for n in sizes)
+    copy_unknown_fields(graph, rest)
     return size + rest.ByteSize()
 
 
@@ -529,7 +532,7 @@ def _tensor_size(t: onnx.TensorProto) -> int:
     if not t.HasField("raw_data") or t.data_type not in _ITEMSIZE:
         return t.ByteSize()
     n = _ITEMSIZE[t.data_type] * math.prod(t.dims)
-    if n < _SMALL or _has_unknown_fields(t):
+    if n < _SMALL or _UNKNOWN_HIDDEN:
         return t.ByteSize()  # cheaper than rebuilding it field by field, or the only exact way
     stub = onnx.TensorProto()
     for descriptor in t.DESCRIPTOR.fields:  # not ListFields(): it would copy the raw bytes out
@@ -541,13 +544,8 @@ def _tensor_size(t: onnx.TensorProto) -> int:
             present = len(getattr(t, descriptor.name)) > 0
         if present:
             copy_field(stub, descriptor.name, getattr(t, descriptor.name))
+    copy_unknown_fields(t, stub)
     return stub.ByteSize() + 1 + len(_varint(n)) + n
-
-
-def _has_unknown_fields(message: Message) -> bool:
-    """``message`` holds fields its schema does not know (written by a newer onnx): copying
-    its known fields one by one would lose them. Where protobuf cannot tell, it may."""
-    return _UnknownFieldSet is None or len(_UnknownFieldSet(message)) > 0
 
 
 _SMALL = 1 << 16
@@ -568,6 +566,7 @@ def _split(message: Message, empty: Message, number: int) -> tuple[bytes, bytes]
     for descriptor, value in message.ListFields():
         if descriptor.number != number:
             copy_field(before if descriptor.number < number else after, descriptor.name, value)
+    copy_unknown_fields(message, after)  # protobuf writes them after every known field
     return before.SerializeToString(), after.SerializeToString()
 
 
