@@ -264,7 +264,7 @@ def _size(n: float) -> str:
 def _optimize(args: argparse.Namespace) -> int:
     from onnxrep import io
     from onnxrep.pipeline import optimize
-    from onnxrep.report import Report, StagedReport, render_text, report_format
+    from onnxrep.report import Report, StagedReport, render_text
     from onnxrep.result import ModelStats
 
     ui = _Console(args)
@@ -275,12 +275,9 @@ def _optimize(args: argparse.Namespace) -> int:
     if dst.suffix.lower() in io.TEXT_SUFFIXES:  # read in onnx's text formats, written binary
         raise OnnxrepError(f"{dst}: the output is written as binary ONNX, not in the text "
                            f"format its name says; name it .onnx")
-    if args.report is not None:
-        _file_name(args.report, "the report")
+    report_path = _report_path(args)
     if _same_file(src, dst) and not args.in_place:
         raise OnnxrepError(f"{dst}: output is the input; pass --in-place to overwrite it")
-    if args.report is not None:
-        report_format(args.report)
     if args.deploy_form and not args.bench:
         raise OnnxrepError("--deploy-form is timed with the others: it needs --bench")
     if not (args.verify or args.bench) and "openvino" in (args.runtime, args.reference):
@@ -288,7 +285,7 @@ def _optimize(args: argparse.Namespace) -> int:
                            "--verify or --bench")
     _require(args, parity=args.verify, timing=args.bench)
     outputs = [("the output", dst), ("the output's data file", dst.with_name(dst.name + ".data")),
-               *([("the report", Path(args.report))] if args.report is not None else [])]
+               *([("the report", report_path)] if report_path is not None else [])]
     in_place = args.in_place and _same_file(src, dst)
     _check_outputs(outputs, [("the input", src)], in_place=in_place)
     model, sources = ui.load_with_sources(src)
@@ -417,6 +414,18 @@ def _file_name(text: str, role: str) -> Path:
     return Path(text)
 
 
+def _report_path(args: argparse.Namespace) -> Path | None:
+    """The ``--report`` file, if asked for: refused before any work when it names no file,
+    an unknown format or a folder that does not exist."""
+    from onnxrep.report import report_format
+
+    if args.report is None:
+        return None
+    path = _file_name(args.report, "the report")
+    report_format(path)
+    return path
+
+
 def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]], *,
                    in_place: bool = False) -> None:
     """Refuse, before anything is written, an output that would replace a FIFO, a device or
@@ -467,13 +476,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _check(args: argparse.Namespace) -> int:
     from onnxrep.pipeline import optimize
-    from onnxrep.report import Report, Verdict, render_text, report_format, write
+    from onnxrep.report import Report, Verdict, render_text, write
 
     ui = _Console(args)
-    outputs = ([("the report", _file_name(args.report, "the report"))]
-               if args.report is not None else [])
-    if args.report is not None:
-        report_format(args.report)
+    report_path = _report_path(args)
+    outputs = [("the report", report_path)] if report_path is not None else []
     bar = args.min_speedup
     if bar is not None and not bar > 0:
         raise OnnxrepError("--min-speedup must be a positive number")
