@@ -21,8 +21,9 @@ stores that weight anyway and its generating graph goes.
 
 Left alone: nodes outside the default domain, nodes that read or write bfloat16, float8 or
 4-bit tensors (numpy has no arithmetic of its own for them), nodes with subgraphs
-(If/Loop/Scan) and what they read, random draws, graph outputs (they keep their nodes),
-initializers that are also graph inputs (a caller may override them), and nodes the
+(If/Loop/Scan) and what they read, random draws, ``DequantizeLinear`` (what onnxruntime
+makes its quantized kernels of; its own folding keeps it too), graph outputs (they keep their
+nodes), initializers that are also graph inputs (a caller may override them), and nodes the
 evaluator cannot run (they run at run time).
 """
 
@@ -59,6 +60,12 @@ result is rounded once to the declared dtype, as every fold's is)."""
 RANDOM = frozenset({"RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
                     "Dropout"})
 """Ops that draw random numbers (Dropout does when training): a new draw at every run."""
+KEPT = frozenset({"DequantizeLinear"})
+"""Ops kept even on constants, as onnxruntime's own constant folding keeps them: a
+``DequantizeLinear`` of a constant is how a quantized model stores a weight, and the
+quantized kernels (QLinearConv, QLinearMatMul, ...) are made from it; its float result in
+its place would leave the runtime a float op between Q/DQ pairs (slower, and re-quantized
+by the runtime with other scales)."""
 SHAPE_READERS = ("Shape", "Size", "CastLike")
 """Ops that fold from what shape inference knows of a variable (its shape, its type)."""
 BOUNDED = frozenset({
@@ -164,6 +171,9 @@ class _Round:
         exotic = {name for name, elem in shapes.dtypes.items() if elem not in PLAIN}
         for i, row in enumerate(rows):
             if row.domain not in ("", "ai.onnx") or not outputs.isdisjoint(row.outputs):
+                continue
+            if row.op in KEPT:
+                self._infer(row, shapes, opset)
                 continue
             if exotic and not (exotic.isdisjoint(row.inputs)
                                and exotic.isdisjoint(row.outputs)):

@@ -274,3 +274,50 @@ def test_the_shape_of_an_input_with_a_default_is_what_the_input_declares() -> No
     model = _prepared(b.model([b.node("Add", [x, direct]), b.node("Add", [x, computed])]))
     assert op_counts(model)["Shape"] == 2
     assert [t.name for t in model.graph.initializer] == ["w"]
+
+
+def _qdq_model(op: str, opset: int) -> onnx.ModelProto:
+    """A quantized layer as a QDQ export writes it: ``Q → DQ`` on the activation, ``DQ`` of an
+    int8 constant for the weight (per output channel for a Conv), ``Q → DQ`` after."""
+    rng = np.random.default_rng(30)
+    f = onnx.TensorProto.FLOAT
+    if op == "Conv":
+        x_shape, w_shape, y_shape = [1, 8, 6, 6], (16, 8, 3, 3), [1, 16, 6, 6]
+        w_scale = rng.uniform(0.005, 0.02, 16).astype(np.float32)
+        w_zero = np.zeros(16, np.int8)
+        attrs: dict[str, object] = {"pads": [1] * 4}
+    else:
+        x_shape, w_shape, y_shape = [1, 4, 32], (32, 16), [1, 4, 16]
+        w_scale, w_zero, attrs = np.array(0.01, np.float32), np.array(0, np.int8), {}
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "sx"),
+             numpy_helper.from_array(np.array(128, np.uint8), "zx"),
+             numpy_helper.from_array(w_scale, "sw"), numpy_helper.from_array(w_zero, "zw"),
+             numpy_helper.from_array(rng.integers(-100, 100, w_shape).astype(np.int8), "wq")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"],
+                              **({"axis": 0} if op == "Conv" else {})),
+             helper.make_node(op, ["xd", "wd"], ["m"], **attrs),
+             helper.make_node("QuantizeLinear", ["m", "sx", "zx"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sx", "zx"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", f, x_shape)],
+                              [helper.make_tensor_value_info("y", f, y_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+@pytest.mark.parametrize("op", ["Conv", "MatMul"])
+def test_a_dequantized_constant_weight_stays_for_the_quantized_kernel(op: str,
+                                                                        opset: int) -> None:
+    """``DequantizeLinear`` of an int8 constant is kept (as onnxruntime's own folding keeps
+    it): folded to float, the weight no longer makes a QLinearConv / QLinearMatMul, and the
+    runtime re-quantizes a float Conv weight per tensor, changing the outputs."""
+    from onnxrep import audit
+
+    model = _qdq_model(op, opset)
+    r = optimized(model, {"QuantizeLinear": 2, "DequantizeLinear": 3, op: 1})
+    assert not r.notes and not r.applied
+    assert {t.name: t.SerializeToString() for t in r.model.graph.initializer} == {
+        t.name: t.SerializeToString() for t in model.graph.initializer}
+    kernels = audit.kernels_of(r.model).counts()
+    assert kernels == audit.kernels_of(model).counts() and kernels.get(f"QLinear{op}") == 1
