@@ -9,9 +9,13 @@ node to build before it runs anything.
 
 :func:`run` evaluates one node. The ops in ``OPS`` are implemented here, after the ONNX
 specification of each (opset differences included: attributes that became inputs, integer
-division that truncates); any other op in the default domain is run by onnx's reference
-evaluator, one node at a time. A node the reference evaluator cannot run either raises
-:class:`Unevaluable`, and the caller leaves it to run time.
+division that truncates), and the forms of them not implemented here are run by onnx's
+reference evaluator; of the other ops, those in ``REFERENCE_OPS`` are run by the reference
+evaluator, one node at a time. Any other node raises :class:`Unevaluable`, and the caller
+leaves it to run time: the reference evaluator does not compute every op as onnxruntime does
+(a BatchNormalization before opset 14 in training mode, a Softmax before opset 13 over the
+last axis only, LpNormalization, Unique, some Resize forms), and a fold must give what the
+runtime would have computed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["OPS", "Unevaluable", "attribute_values", "run"]
+__all__ = ["OPS", "REFERENCE_OPS", "Unevaluable", "attribute_values", "run"]
 
 
 class Unevaluable(RuntimeError):
@@ -53,6 +57,20 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
+REFERENCE_OPS: dict[str, int] = {
+    # op → the first opset from which onnx's reference evaluator computes it as the
+    # specification (and onnxruntime) does; tests/test_interpret.py checks each against
+    # onnxruntime
+    "Split": 1, "Pow": 1, "TopK": 1, "Mod": 1, "Clip": 1, "Relu": 1, "Sign": 1,
+    "Exp": 1, "Log": 1, "Sigmoid": 1, "Tanh": 1, "Erf": 1, "Round": 1, "IsNaN": 1,
+    "IsInf": 1, "Xor": 1, "BitShift": 1, "ArgMax": 1, "ArgMin": 1, "CumSum": 1,
+    "GatherElements": 1, "GatherND": 1, "NonZero": 1, "OneHot": 1, "Trilu": 1,
+    "Softmax": 13, "LogSoftmax": 13, "ReduceL1": 1, "ReduceL2": 1, "ReduceSumSquare": 1,
+    "ReduceLogSumExp": 1,
+}
+"""Ops outside ``OPS`` that :func:`run` hands to onnx's reference evaluator."""
+
+
 def run(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
     """The outputs of ``node`` (default domain) on ``inputs`` (None for an omitted one)."""
     impl = OPS.get(node.op_type)
@@ -62,6 +80,8 @@ def run(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None], opset: int) -
             return [np.asarray(v) for v in impl(list(inputs), attrs, opset)]
         except _Fallback:
             pass
+    elif opset < REFERENCE_OPS.get(node.op_type, opset + 1):
+        raise Unevaluable(f"{node.op_type} at opset {opset} is left to run time")
     return _reference(node, inputs, opset)
 
 
@@ -377,8 +397,8 @@ def _reduce(fn: Callable[..., np.ndarray], since: int) -> Impl:
         axes = _axes(x, attrs, 1, opset, since)
         keep = bool(attrs.get("keepdims", 1))
         if axes is None or not axes:
-            if attrs.get("noop_with_empty_axes", 0) and axes is not None:
-                return [data]
+            if attrs.get("noop_with_empty_axes", 0) and opset >= since:
+                return [data]  # axes omitted or empty: the input as it is
             axes = list(range(data.ndim))
         with np.errstate(all="ignore"):
             out = fn(data, axis=tuple(a % data.ndim for a in axes), keepdims=keep)
