@@ -10,8 +10,9 @@ rotation, model ``j`` nearly always follows model ``j - 1``). Every run is timed
 milliseconds, and for every model after the first its speedup ``p50(first) / p50(model)``.
 ``BenchResult.speedup`` is that of the second model (the usual input → optimized pair), with
 the spread of its per-round ratios (their p10 and p90) and a 95 % confidence interval of the
-speedup itself (a bootstrap over the rounds, each round keeping its pair of runs): the second
-model is *faster beyond the noise* only when that interval lies above 1. The models run in
+speedup itself (a bootstrap over the rounds, each round keeping its pair of runs; none under
+``MIN_INTERVAL_RUNS`` rounds): the second model is *faster beyond the noise* only when that
+interval lies above 1. The models run in
 ``runtime`` (any of ``verify.RUNTIMES``) with ``threads`` threads (0 lets the runtime choose):
 onnxruntime at the stated optimization level (``all`` by default, as deployed), OpenVINO's CPU
 plugin with one stream, the LATENCY hint and its default inference precision unless
@@ -34,7 +35,7 @@ from onnxrep.errors import OnnxrepError
 from onnxrep.verify import (
     RuntimeInfo,
     Session,
-    load_inputs,
+    given_inputs,
     make_feeds,
     prepare,
     require,
@@ -167,16 +168,17 @@ def benchmark(
                 f"the models have different inputs: {labels[0]} {expected} vs {label} {got}"
             )
     if inputs is not None:
-        feeds = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
+        feeds = given_inputs(inputs, expected)
     else:
         feeds = make_feeds(sessions[0], 0, shapes)
-    for s in sessions:  # untimed: OpenVINO compiles a model with dynamic inputs for the feeds
-        prepare(s, feeds)
+    for label, s in zip(labels, sessions, strict=True):
+        # untimed: OpenVINO compiles a model with dynamic inputs for the feeds
+        _named(label, prepare, s, feeds)
     n, total = len(sessions), warmup + runs
     samples: list[list[int]] = [[] for _ in sessions]
     for i in range(total):
         for j in round_order(i, n):
-            elapsed = _run(sessions[j], feeds)
+            elapsed = _named(labels[j], _run, sessions[j], feeds)
             if i >= warmup:
                 samples[j].append(elapsed)
         if progress is not None:
@@ -195,12 +197,27 @@ def benchmark(
         result.speedup = result.timings[1].speedup
         result.speedup_p10 = float(np.percentile(ratios, 10))
         result.speedup_p90 = float(np.percentile(ratios, 90))
-        result.speedup_low, result.speedup_high = ratio_interval(
-            np.asarray(samples[0]), np.asarray(samples[1]))
+        if runs >= MIN_INTERVAL_RUNS:
+            result.speedup_low, result.speedup_high = ratio_interval(
+                np.asarray(samples[0]), np.asarray(samples[1]))
     return result
+
+
+MIN_INTERVAL_RUNS = 10
+"""Rounds a confidence interval of the speedup needs: a bootstrap over fewer says nothing
+(over one round its interval has no width at all), so then there is none, and whether the
+second model is faster stays open (``BenchResult.faster`` is None)."""
 
 
 def _run(sess: Session, feeds: dict[str, np.ndarray]) -> int:
     start = time.perf_counter_ns()
     run(sess, feeds)
     return time.perf_counter_ns() - start
+
+
+def _named(label: str, step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)``; a failure names the model ``label``."""
+    try:
+        return step(*args)
+    except OnnxrepError as e:
+        raise OnnxrepError(f"{label}: {e}") from None

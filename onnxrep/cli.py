@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import signal
@@ -41,6 +40,8 @@ if TYPE_CHECKING:
     from onnxrep.verify import CompareResult
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_TOO_SLOW = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + 13
+"""The reader of the output went away (SIGPIPE's exit code in a shell)."""
 
 RUNTIMES = ("onnxruntime", "openvino")
 """The names of ``onnxrep.verify.RUNTIMES``, for ``--runtime`` and ``--reference`` without
@@ -52,7 +53,8 @@ exit codes:
   1  outputs differ beyond tolerance (optimize --verify, compare, check)
   2  bad input or usage
   3  speedup below --min-speedup (check)
-  130  interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP, nothing left half-written"""
+  130  interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP, nothing left half-written
+  141  the reader of the output went away (a closed pipe)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -435,8 +437,9 @@ def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[s
     be one of the input's too: the input is in memory before either is replaced."""
     from onnxrep import io
 
-    for _, path in outputs:
+    for role, path in outputs:
         io.refuse_special(path)
+        io.refuse_unwritable(path, role)
     seen: dict[tuple[object, ...], str] = {}
     for role, path in outputs:
         key = _identity(path)
@@ -475,8 +478,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from onnxrep.bench import MIN_INTERVAL_RUNS
     from onnxrep.pipeline import optimize
-    from onnxrep.report import Report, Verdict, render_text, write
+    from onnxrep.report import Report, Verdict, render_text, to_json, write
 
     ui = _Console(args)
     report_path = _report_path(args)
@@ -508,6 +512,11 @@ def _check(args: argparse.Namespace) -> int:
         if bar is not None and speedup < bar:
             verdict = Verdict(False, EXIT_TOO_SLOW,
                               f"speedup {shown} is below --min-speedup {bar:g}x", bar)
+        elif bar is not None and bar >= 1 and timing.faster is None:
+            verdict = Verdict(False, EXIT_BAD_INPUT,
+                              f"speedup {shown}, but {args.runs} run(s) give no confidence "
+                              f"interval to tell it from the noise; --min-speedup {bar:g}x "
+                              f"needs --runs {MIN_INTERVAL_RUNS} or more", bar)
         elif bar is not None and bar >= 1 and not timing.faster:
             verdict = Verdict(False, EXIT_TOO_SLOW,
                               f"speedup {shown} is not above 1 beyond the measured noise (95 % "
@@ -521,7 +530,7 @@ def _check(args: argparse.Namespace) -> int:
         with ui.step(f"writing {args.report}"):
             write(report, args.report)
     if args.json:
-        ui.out(json.dumps(report.to_dict(), indent=2, default=str))
+        ui.out(to_json(report.to_dict()))
     else:
         ui.out(render_text(report, explain=args.verbose))
     for warning in report.warnings:
@@ -541,7 +550,7 @@ def _ratio(x: float, bar: float | None) -> str:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from onnxrep.report import parity_table, runtime_label
+    from onnxrep.report import parity_table, runtime_label, to_json
 
     ui = _Console(args)
     _require(args, parity=True, timing=False)
@@ -549,7 +558,7 @@ def _compare(args: argparse.Namespace) -> int:
         ui.load(path, check=False)  # a clear error for a bad file before onnxruntime's
     result = _verify(ui, args, args.a, args.b)
     if args.json:
-        ui.out(json.dumps(result.to_dict(), indent=2))
+        ui.out(to_json(result.to_dict()))
     else:
         verdict = "equivalent" if result.ok else "DIFFERENT"
         lines = [f"{args.a} vs {args.b}: {verdict} over {result.seeds} input set(s), "
@@ -563,7 +572,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from onnxrep.report import timing_lines
+    from onnxrep.report import timing_lines, to_json
 
     ui = _Console(args)
     _require(args, parity=False, timing=True)
@@ -577,7 +586,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = _time(ui, args, paths, names)
     warnings = _slow(result, None, paths)
     if args.json:
-        ui.out(json.dumps({**result.to_dict(), "warnings": warnings}, indent=2))
+        ui.out(to_json({**result.to_dict(), "warnings": warnings}))
     else:
         lines = timing_lines(result)
         if ui.verbose:
@@ -653,6 +662,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnnxrepError as e:
         print(f"onnxrep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader went away (``| head``): nothing left to say
+        with contextlib.suppress(OSError):  # and nothing more to flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Terminated as e:
         print(f"onnxrep: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum

@@ -660,6 +660,23 @@ def _new_temp(folder: Path, name: str, temps: list[str]) -> int:
     return fd
 
 
+def refuse_unwritable(path: Path, role: str) -> None:
+    """Refuse, before any work is done, a file that cannot be made where ``path`` says (a
+    folder that is read-only, full, or not a real file system): a temporary file is made
+    there and removed at once."""
+    if not path.parent.is_dir():
+        raise OnnxrepError(f"{path.parent}: no such directory (for {role})")
+    temps: list[str] = []
+    try:
+        os.close(_new_temp(path.parent, path.name, temps))
+    except OSError as e:
+        raise OnnxrepError(f"{path}: cannot write {role} there ({e.strerror or e})") from None
+    finally:
+        for temp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+
 def write_temp(folder: Path, name: str, chunks: Iterable[bytes], mode: int,
                temps: list[str]) -> str:
     """``chunks`` written to a new temporary file beside ``folder / name`` with permissions

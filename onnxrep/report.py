@@ -130,6 +130,18 @@ def _ms(x: float) -> str:
     return f"{x:.3f} ms" if x < 100 else f"{x:.1f} ms"
 
 
+def _md_verdict(t: BenchResult) -> str:
+    """What the speedup of ``t`` says, as its interval judges it (a ratio of medians just
+    above or below 1 says nothing by itself)."""
+    if t.faster:
+        return "faster"
+    if t.faster is None:
+        return "(no interval: too few runs)"
+    if t.speedup_high is not None and t.speedup_high < 1:
+        return "(slower)"
+    return "(within the noise)"
+
+
 def _interval(t: BenchResult, lead: str = "") -> str:
     """``95 % interval 1.21x .. 1.34x`` of the speedup, if measured."""
     if t.speedup_low is None or t.speedup_high is None:
@@ -388,8 +400,7 @@ def render_markdown(report: Report, *, max_rows: int = 50) -> str:
     ]
     if t is not None and len(t.timings) >= 2:
         rows.append(["latency p50", _ms(t.timings[0].p50), _ms(t.timings[1].p50),
-                     f"**{t.speedup:.2f}x** faster" if (t.speedup or 0) >= 1
-                     else f"**{t.speedup:.2f}x** (slower)"])
+                     f"**{t.speedup:.2f}x** {_md_verdict(t)}"])
     if p is not None:
         rows.append(["parity", "", "ok" if p.ok else "**MISMATCH**",
                      f"{p.seeds} input set(s)"])
@@ -852,9 +863,25 @@ def report_format(path: str | os.PathLike[str]) -> str:
     return FORMATS[suffix]
 
 
+def to_json(data: object) -> str:
+    """``data`` as strict JSON: a float that is not finite (an infinite difference between
+    outputs of different shapes, a NaN) is written ``null``, which every parser reads."""
+
+    def finite(x: object) -> object:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    return json.dumps(finite(data), indent=2, default=str, allow_nan=False)
+
+
 def render(report: Report, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(report.to_dict(), indent=2, default=str) + "\n"
+        return to_json(report.to_dict()) + "\n"
     if fmt == "markdown":
         return render_markdown(report)
     if fmt == "html":

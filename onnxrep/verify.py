@@ -6,7 +6,8 @@ runs in OpenVINO's CPU plugin at ``PARITY_PRECISION`` (f32) instead, against the
 run in onnxruntime (``reference`` picks another runtime for it). Inputs come from an ``.npz``
 file or are generated from the declared input types, one set per seed (floats ~ N(0, 1),
 integers uniform in [0, 10), booleans fair coins). A dynamic dimension takes its size from
-``shapes`` or, by default, 1 on the first axis and 64 elsewhere.
+``shapes`` or, by default, 1 on the first axis and 64 elsewhere; a named one has the same size
+in every input.
 
 The runtimes sit behind one small interface (:class:`Session`: inputs, outputs, run, and a
 :class:`RuntimeInfo` naming the runtime, its version and how it ran); :data:`RUNTIMES` maps
@@ -25,6 +26,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import re
 import tempfile
 import weakref
 import zipfile
@@ -194,10 +196,15 @@ class OrtSession:
         return self.inner.get_outputs()
 
     def run(self, names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self.inner.run(names, feeds)  # type: ignore[arg-type]
+        return self.inner.run(names, feeds, _SILENT_RUN)  # type: ignore[arg-type]
 
     def prepare(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Nothing to do: onnxruntime runs any shape as loaded."""
+
+
+_SILENT_RUN = ort.RunOptions()
+_SILENT_RUN.log_severity_level = 4
+"""A failed run raises, with its message; onnxruntime does not also log it to the terminal."""
 
 
 class ReferenceSession:
@@ -256,7 +263,10 @@ class OpenVinoSession:
         # a model read from a temporary file may keep reading its weights from there
         self._files = contextlib.ExitStack()
         try:
-            read = _openvino_core().read_model(self._files.enter_context(_source(model)))
+            try:
+                read = _openvino_core().read_model(self._files.enter_context(_source(model)))
+            except Exception as e:  # OpenVINO raises RuntimeError and its own types
+                raise OnnxrepError(f"openvino cannot read {self._label}: {one_line(e)}") from None
             compiled = self._compile(read)
             used = compiled.get_property(hints.inference_precision).get_type_name()
         except BaseException:
@@ -461,7 +471,7 @@ def _ort_session(model: ModelLike, level: str, threads: int) -> ort.InferenceSes
     options.graph_optimization_level = LEVELS[level]
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors are raised (one line), not also logged
     try:
         with _source(model) as source:
             return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -494,18 +504,31 @@ def make_feeds(
     seed: int,
     shapes: Mapping[str, list[int]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """One random input set for ``sess``, reproducible from ``seed``."""
+    """One random input set for ``sess``, reproducible from ``seed``. A named dynamic
+    dimension has one size in every input: the size an input given in ``shapes`` has there,
+    else the default of its first place (a batch dimension is 1)."""
     shapes = dict(shapes or {})
     rng = np.random.default_rng(seed)
+    inputs = sess.get_inputs()
+    sizes: dict[str, int] = {}
+    for inp in inputs:
+        for d, size in zip(inp.shape or (), shapes.get(inp.name, ()), strict=False):
+            if isinstance(d, str) and d:
+                sizes.setdefault(d, size)
     feeds = {}
-    for inp in sess.get_inputs():
+    for inp in inputs:
         if inp.name in shapes:
             shape = shapes.pop(inp.name)
         else:
-            shape = [
-                d if isinstance(d, int) and d >= 0 else (DYNAMIC_BATCH if i == 0 else DYNAMIC_OTHER)
-                for i, d in enumerate(inp.shape)
-            ]
+            shape = []
+            for i, d in enumerate(inp.shape):
+                if isinstance(d, int) and d >= 0:
+                    shape.append(d)
+                    continue
+                size = DYNAMIC_BATCH if i == 0 else DYNAMIC_OTHER
+                if isinstance(d, str) and d:
+                    size = sizes.setdefault(d, size)
+                shape.append(size)
         dtype = _numpy_dtype(inp.type)
         if _is_float(dtype):
             value = rng.standard_normal(shape).astype(dtype)
@@ -551,6 +574,22 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise OnnxrepError(f"{path}: cannot read inputs ({one_line(e)})") from None
 
 
+def given_inputs(inputs: Mapping[str, np.ndarray] | str | os.PathLike[str],
+                 names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays of ``inputs`` (a mapping or an ``.npz`` file) for the inputs ``names``:
+    one for each, and none for anything else (an array no input reads is a mistake worth
+    a word, not something to drop silently)."""
+    given = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
+    missing = sorted(set(names) - set(given))
+    if missing:
+        raise OnnxrepError(f"the inputs given lack {missing}")
+    extra = sorted(set(given) - set(names))
+    if extra:
+        raise OnnxrepError(f"the inputs given have arrays {extra} that the model has no input "
+                           f"for (its inputs: {sorted(names)})")
+    return {k: np.asarray(given[k]) for k in names}
+
+
 def compare(
     a: ModelLike,
     b: ModelLike,
@@ -586,19 +625,16 @@ def compare(
         raise OnnxrepError("the models have different inputs")
 
     if inputs is not None:
-        given = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
-        missing = sorted(set(ins_a) - set(given))
-        if missing:
-            raise OnnxrepError(f"inputs file lacks {missing}")
-        feed_sets = [{k: np.asarray(given[k]) for k in ins_a}]
+        feed_sets = [given_inputs(inputs, ins_a)]
     else:
         feed_sets = [make_feeds(sa, seed, shapes) for seed in range(seeds)]
 
+    types = {o.name: str(getattr(o, "type", "")) for o in sa.get_outputs()}
     worst: dict[str, OutputDiff] = {}
     for done, feeds in enumerate(feed_sets, 1):
         ra, rb = run(sa, feeds), run(sb, feeds)
         for name, x, y in zip(names_a, ra, rb, strict=True):
-            diff = _diff(name, np.asarray(x), np.asarray(y), atol, rtol)
+            diff = _diff_value(name, x, y, atol, rtol, _map_values(types[name]))
             worst[name] = diff if name not in worst else _worse(worst[name], diff)
         if progress is not None:
             progress(done, len(feed_sets))
@@ -650,6 +686,49 @@ def tolerances(dtype: np.dtype, atol: float | None, rtol: float | None) -> tuple
     return (default[0] if atol is None else atol, default[1] if rtol is None else rtol)
 
 
+def _map_values(output_type: str) -> np.dtype | None:
+    """The type of the values of the maps in an output of ``output_type`` (onnxruntime's
+    spelling: ``seq(map(int64,tensor(float)))``), which come back as Python numbers."""
+    found = re.search(r"map\([^,]+,\s*(?:tensor\()?(\w+)", output_type)
+    if found is None:
+        return None
+    with contextlib.suppress(OnnxrepError):
+        return _numpy_dtype(f"tensor({found.group(1)})")
+    return None
+
+
+def _diff_value(name: str, ref: object, got: object, atol: float | None,
+                rtol: float | None, values: np.dtype | None = None) -> OutputDiff:
+    """:func:`_diff` of two outputs: tensors, or sequences of them (compared element by
+    element; they may differ in shape) and maps (ZipMap's: the values of equal keys, as the
+    type ``values`` that the output declares, with its tolerance)."""
+    if isinstance(ref, dict) or isinstance(got, dict):
+        if not (isinstance(ref, dict) and isinstance(got, dict)) or ref.keys() != got.keys():
+            return _mismatch(name, "map keys differ")
+        keys = list(ref)
+        return _diff_value(name, [np.asarray([ref[k] for k in keys], dtype=values)],
+                           [np.asarray([got[k] for k in keys], dtype=values)], atol, rtol)
+    if isinstance(ref, (list, tuple)) or isinstance(got, (list, tuple)):
+        if not (isinstance(ref, (list, tuple)) and isinstance(got, (list, tuple))):
+            return _mismatch(name, "a sequence against a tensor")
+        if len(ref) != len(got):
+            return _mismatch(name, f"sequences of {len(ref)} and {len(got)} elements")
+        diffs = [_diff_value(name, x, y, atol, rtol, values)
+                 for x, y in zip(ref, got, strict=True)]
+        if not diffs:
+            return _diff(name, np.zeros(0, np.float32), np.zeros(0, np.float32), atol, rtol)
+        worst = diffs[0]
+        for d in diffs[1:]:
+            worst = _worse(worst, d)
+        return dataclasses.replace(worst, shape=[len(diffs), *worst.shape])
+    return _diff(name, np.asarray(ref), np.asarray(got), atol, rtol)
+
+
+def _mismatch(name: str, note: str) -> OutputDiff:
+    inf = float("inf")
+    return OutputDiff(name, "object", [], inf, inf, inf, 0.0, 0.0, 0.0, 0.0, False, note=note)
+
+
 def _diff(
     name: str, ref: np.ndarray, got: np.ndarray, atol: float | None, rtol: float | None
 ) -> OutputDiff:
@@ -687,8 +766,13 @@ def _diff(
     eps = float(np.finfo(ref.dtype).tiny)
     max_rel = float((err / np.maximum(np.abs(a), eps)).max()) if a.size else 0.0
     mean_abs = float(err.mean()) if a.size else 0.0
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    cosine = float(np.dot(a, b) / norm) if norm > 0 else (1.0 if max_abs == 0 else 0.0)
+    scale = max(ref_max, float(np.abs(b).max()) if b.size else 0.0)
+    if scale > 0:  # scaled first: the norms of outputs near 1e200 would overflow
+        a_s, b_s = a / scale, b / scale
+        norm = float(np.linalg.norm(a_s) * np.linalg.norm(b_s))
+        cosine = float(np.dot(a_s, b_s) / norm) if norm > 0 else (1.0 if max_abs == 0 else 0.0)
+    else:
+        cosine = 1.0 if max_abs == 0 else 0.0
     ok = same_nan and inf_ok and max_abs <= a_tol + r_tol * ref_max
     note = "" if same_nan and inf_ok else "NaN/inf positions differ"
     return OutputDiff(

@@ -268,3 +268,142 @@ def test_an_output_named_for_a_text_format_is_refused(model_path: Path, tmp_path
     assert main(["optimize", str(model_path), "-o", str(tmp_path / name)]) == 2
     assert "written as binary ONNX" in capsys.readouterr().err
     assert not (tmp_path / name).exists()
+
+
+# -- outputs and inputs of every kind, failures in one line ----------------------------------
+
+
+def _save(tmp_path: Path, name: str, nodes: list[onnx.NodeProto],
+          inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+          inits: list[onnx.TensorProto] = (), ml: bool = False) -> Path:
+    opsets = [onnx.helper.make_opsetid("", 17)] + (
+        [onnx.helper.make_opsetid("ai.onnx.ml", 3)] if ml else [])
+    graph = onnx.helper.make_graph(nodes, name, inputs, outputs, list(inits))
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=opsets), path)
+    return path
+
+
+F = onnx.TensorProto.FLOAT
+
+
+def test_a_failed_run_is_one_line_without_onnxruntime_s_own_log(tmp_path: Path, capfd) -> None:
+    shape = onnx.numpy_helper.from_array(np.array([5, 5]), "s")
+    path = _save(tmp_path, "bad_reshape", [onnx.helper.make_node("Reshape", ["x", "s"], ["y"])],
+                 [onnx.helper.make_tensor_value_info("x", F, [2, 3])],
+                 [onnx.helper.make_tensor_value_info("y", F, None)], [shape])
+    assert main(["compare", str(path), str(path)]) == 2
+    assert main(["bench", str(path), "--runs", "1", "--warmup", "0"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("onnxrep: error: ") for line in err), err
+    assert err[1].startswith("onnxrep: error: bad_reshape.onnx: onnxruntime failed to run")
+
+
+def test_a_named_dynamic_dimension_has_one_size_in_every_input(tmp_path: Path) -> None:
+    path = _save(tmp_path, "shared_dim", [onnx.helper.make_node("MatMul", ["y", "x"], ["z"])],
+                 [onnx.helper.make_tensor_value_info("x", F, ["N", 4]),
+                  onnx.helper.make_tensor_value_info("y", F, [4, "N"])],
+                 [onnx.helper.make_tensor_value_info("z", F, None)])
+    assert main(["compare", str(path), str(path), "--seeds", "1"]) == 0
+    # a size given for one input binds the name in the others
+    assert main(["compare", str(path), str(path), "--shape", "y:4x7", "--seeds", "1"]) == 0
+
+
+def test_sequence_outputs_of_tensors_of_different_shapes(tmp_path: Path) -> None:
+    split = onnx.numpy_helper.from_array(np.array([1, 2]), "split")
+    path = _save(tmp_path, "ragged", [onnx.helper.make_node("SplitToSequence", ["x", "split"],
+                                                            ["sq"], axis=0)],
+                 [onnx.helper.make_tensor_value_info("x", F, [3, 2])],
+                 [onnx.helper.make_tensor_sequence_value_info("sq", F, None)], [split])
+    assert main(["compare", str(path), str(path), "--seeds", "1"]) == 0
+
+
+def test_map_outputs_are_compared_as_the_numbers_they_hold(tmp_path: Path) -> None:
+    """A ZipMap's probabilities are float32 values: a change in their last bit passes, one of
+    1 % does not (they were compared as opaque objects, and every fold failed)."""
+    def classifier(scale: float) -> Path:
+        w = onnx.numpy_helper.from_array(np.array([[1.0, -2.0, 0.5]], np.float32) * scale, "w")
+        nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["logits"]),
+                 onnx.helper.make_node("Softmax", ["logits"], ["p"], axis=1),
+                 onnx.helper.make_node("ZipMap", ["p"], ["z"], domain="ai.onnx.ml",
+                                       classlabels_int64s=[0, 1, 2])]
+        z = onnx.helper.make_tensor_sequence_value_info("z", F, None)
+        z.type.sequence_type.elem_type.CopyFrom(onnx.helper.make_map_type_proto(
+            onnx.TensorProto.INT64, onnx.helper.make_tensor_type_proto(F, None)))
+        return _save(tmp_path, f"zipmap{scale}", nodes,
+                     [onnx.helper.make_tensor_value_info("x", F, [1, 1])], [z], [w], ml=True)
+
+    a = classifier(1.0)
+    assert main(["compare", str(a), str(classifier(1.0 + 2**-23)), "--seeds", "3"]) == 0
+    assert main(["compare", str(a), str(classifier(1.01)), "--seeds", "3"]) == 1
+
+
+def test_json_is_strict_and_the_cosine_of_huge_outputs_is_1(tmp_path: Path, capsys) -> None:
+    def scaled(name: str, shape: list[int], value: float) -> Path:
+        c = onnx.numpy_helper.from_array(np.full(shape, value), "c")
+        return _save(tmp_path, name, [onnx.helper.make_node("Mul", ["x", "c"], ["y"])],
+                     [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, shape)],
+                     [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)],
+                     [c])
+
+    huge = scaled("huge", [4], 1e200)
+    assert main(["compare", str(huge), str(huge), "--json", "--seeds", "1"]) == 0
+    data = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
+    assert data["outputs"][0]["cosine"] == pytest.approx(1.0)
+    # outputs of different shapes: an infinite difference, written null
+    other = scaled("other", [1], 1.0)
+    assert main(["compare", str(scaled("four", [4], 1.0)), str(other), "--json",
+                 "--seeds", "1"]) == 2  # different inputs: refused
+    wide = _save(tmp_path, "wide", [onnx.helper.make_node("Tile", ["x", "r"], ["y"])],
+                 [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [4])],
+                 [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)],
+                 [onnx.numpy_helper.from_array(np.array([2]), "r")])
+    capsys.readouterr()
+    assert main(["compare", str(huge), str(wide), "--json", "--seeds", "1"]) == 1
+    data = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
+    assert data["outputs"][0]["max_abs"] is None and not data["ok"]
+
+
+def test_too_few_runs_give_no_interval_and_check_asks_for_more(model_path: Path,
+                                                               capsys) -> None:
+    assert main(["bench", str(model_path), str(model_path), "--runs", "1", "--warmup", "0",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["speedup_low"] is None and data["faster"] is None
+    assert main(["check", str(model_path), "--runs", "5", "--min-speedup", "0.001"]) == 0
+    assert main(["check", str(model_path), "--runs", "5", "--min-speedup", "1000"]) == 3
+    capsys.readouterr()
+    assert main(["check", str(model_path), "--runs", "5", "--min-speedup", "1"]) in (2, 3)
+    err = capsys.readouterr().err  # below 1 (exit 3), or above with nothing to judge it by
+    assert "--runs 10 or more" in err or "is below --min-speedup" in err
+
+
+def test_an_inputs_file_with_an_array_for_no_input_is_refused_everywhere(
+    model_path: Path, tmp_path: Path, capsys,
+) -> None:
+    inputs = tmp_path / "in.npz"
+    x = np.zeros((1, 8, 12, 12), np.float32)
+    np.savez(inputs, x=x, extra=x)
+    fast = ["--runs", "1", "--warmup", "0"]
+    for args in (["compare", str(model_path), str(model_path)],
+                 ["bench", str(model_path), *fast], ["check", str(model_path), *fast]):
+        assert main([*args, "--inputs", str(inputs)]) == 2
+        assert "arrays ['extra'] that the model has no input for" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(model_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnxrep", "bench", str(model_path), "--runs", "2000",
+         "--warmup", "0", "-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.close()  # the reader goes away before the first line
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141 and b"Traceback" not in err and b"error" not in err
+
+
+def test_an_unwritable_report_is_refused_before_any_work(model_path: Path, capsys) -> None:
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, a folder no file can be made in")
+    assert main(["check", str(model_path), "--report", "/proc/report.json"]) == 2
+    captured = capsys.readouterr()
+    assert "cannot write the report there" in captured.err and not captured.out

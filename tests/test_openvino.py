@@ -179,3 +179,17 @@ def test_missing_openvino_is_one_line_exit_2(model_path: Path, monkeypatch, caps
     assert not model_path.with_suffix(".out.onnx").exists()
     # without openvino, onnxruntime (the default) works as before
     assert main(["compare", str(model_path), str(model_path)]) == EXIT_OK
+
+
+def test_a_model_openvino_cannot_read_is_one_line_naming_it(openvino: object, tmp_path: Path,
+                                                            capsys) -> None:
+    split = numpy_helper.from_array(np.array([1, 2]), "split")
+    graph = helper.make_graph(
+        [helper.make_node("SplitToSequence", ["x", "split"], ["sq"], axis=0)], "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])],
+        [helper.make_tensor_sequence_value_info("sq", TensorProto.FLOAT, None)], [split])
+    path = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["compare", str(path), str(path), *OV, "--seeds", "1"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"onnxrep: error: openvino cannot read {path}: ") and "\n" not in err

@@ -272,6 +272,20 @@ def test_timing_lines_for_three_models() -> None:
     assert lines[4].lstrip().startswith("speedup     2.00x")
 
 
+@pytest.mark.parametrize(("speedup", "low", "high", "said"), [
+    (1.30, 1.20, 1.40, "**1.30x** faster"),
+    (1.002, 0.99, 1.01, "**1.00x** (within the noise)"),  # no "faster" that the interval denies
+    (0.90, 0.85, 0.95, "**0.90x** (slower)"),
+    (1.50, None, None, "**1.50x** (no interval: too few runs)"),
+])
+def test_markdown_says_what_the_interval_of_the_speedup_says(
+    rep: Report, speedup: float, low: float | None, high: float | None, said: str,
+) -> None:
+    assert rep.timing is not None
+    rep.timing.speedup, rep.timing.speedup_low, rep.timing.speedup_high = speedup, low, high
+    assert said in render_markdown(rep)
+
+
 # -- progress and feedback -----------------------------------------------------------------------
 
 
