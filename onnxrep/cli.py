@@ -431,7 +431,8 @@ def _report_path(args: argparse.Namespace) -> Path | None:
 def _check_outputs(outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]], *,
                    in_place: bool = False) -> None:
     """Refuse, before anything is written, an output that would replace a FIFO, a device or
-    another file that is not a regular one, that is an input (the model or any of its external
+    another file that is not a regular one, that lies in a folder no file can be made in, that
+    is an input (the model or any of its external
     data files, by device and inode: hard and symbolic links count), or that is another output
     of the same run. With ``in_place`` (the output model is the input model) its data file may
     be one of the input's too: the input is in memory before either is replaced."""
@@ -488,6 +489,10 @@ def _check(args: argparse.Namespace) -> int:
     bar = args.min_speedup
     if bar is not None and not bar > 0:
         raise OnnxrepError("--min-speedup must be a positive number")
+    if bar is not None and bar >= 1 and args.runs < MIN_INTERVAL_RUNS:
+        raise OnnxrepError(f"--min-speedup {bar:g} needs --runs {MIN_INTERVAL_RUNS} or more: "
+                           "whether the optimized model is faster is judged by a confidence "
+                           "interval of the speedup, which fewer runs do not give")
     _check_outputs(outputs, [("the input", Path(args.input))])
     _require(args, parity=True, timing=True)
     model, sources = ui.load_with_sources(args.input)
@@ -512,11 +517,6 @@ def _check(args: argparse.Namespace) -> int:
         if bar is not None and speedup < bar:
             verdict = Verdict(False, EXIT_TOO_SLOW,
                               f"speedup {shown} is below --min-speedup {bar:g}x", bar)
-        elif bar is not None and bar >= 1 and timing.faster is None:
-            verdict = Verdict(False, EXIT_BAD_INPUT,
-                              f"speedup {shown}, but {args.runs} run(s) give no confidence "
-                              f"interval to tell it from the noise; --min-speedup {bar:g}x "
-                              f"needs --runs {MIN_INTERVAL_RUNS} or more", bar)
         elif bar is not None and bar >= 1 and not timing.faster:
             verdict = Verdict(False, EXIT_TOO_SLOW,
                               f"speedup {shown} is not above 1 beyond the measured noise (95 % "
@@ -660,24 +660,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  for w in caught])
         return code
     except OnnxrepError as e:
-        print(f"onnxrep: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _last_word(f"onnxrep: error: {e}", EXIT_BAD_INPUT)
     except BrokenPipeError:  # the reader went away (``| head``): nothing left to say
-        with contextlib.suppress(OSError):  # and nothing more to flush at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return _last_word(None, EXIT_BROKEN_PIPE)
     except Terminated as e:
-        print(f"onnxrep: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
-        return 128 + e.signum
+        return _last_word(f"onnxrep: terminated by {signal.Signals(e.signum).name}",
+                          128 + e.signum)
     except KeyboardInterrupt:
-        print("onnxrep: interrupted", file=sys.stderr)
-        return 130
+        return _last_word("onnxrep: interrupted", 130)
     except MemoryError:
-        print("onnxrep: error: out of memory", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _last_word("onnxrep: error: out of memory", EXIT_BAD_INPUT)
     except Exception as e:  # never a traceback: name the failure in one line
-        print(f"onnxrep: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _last_word(f"onnxrep: error: {type(e).__name__}: {one_line(e)}", EXIT_BAD_INPUT)
+
+
+def _last_word(text: str | None, code: int) -> int:
+    """Say ``text`` on stderr and return ``code``, whatever became of the terminal: with its
+    reader gone (a closed pipe), the exit code still says what happened, and what a stream
+    could not deliver goes to the null device rather than failing again at exit."""
+    if text is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            print(text, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return code
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ node to build before it runs anything.
 specification of each (opset differences included: attributes that became inputs, integer
 division that truncates), and the forms of them not implemented here are run by onnx's
 reference evaluator; of the other ops, those in ``REFERENCE_OPS`` are run by the reference
-evaluator, one node at a time. Any other node raises :class:`Unevaluable`, and the caller
-leaves it to run time: the reference evaluator does not compute every op as onnxruntime does
-(a BatchNormalization before opset 14 in training mode, a Softmax before opset 13 over the
-last axis only, LpNormalization, Unique, some Resize forms), and a fold must give what the
-runtime would have computed.
+evaluator too, in the forms where it computes what onnxruntime computes. Any other node
+raises :class:`Unevaluable`, and the caller leaves it to run time (where onnxruntime folds it
+itself when it loads the model): the reference evaluator does not compute every op as
+onnxruntime does (BatchNormalization before opset 14 in training mode, Softmax before opset
+13 over the last axis only, LpNormalization, Unique, some Resize forms, OneHot of a float
+depth, ArgMax over NaN, ...), and a fold must give what the runtime would have computed.
 """
 
 from __future__ import annotations
@@ -59,16 +60,47 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
 
 REFERENCE_OPS: dict[str, int] = {
     # op → the first opset from which onnx's reference evaluator computes it as the
-    # specification (and onnxruntime) does; tests/test_interpret.py checks each against
-    # onnxruntime
-    "Split": 1, "Pow": 1, "TopK": 1, "Mod": 1, "Clip": 1, "Relu": 1, "Sign": 1,
-    "Exp": 1, "Log": 1, "Sigmoid": 1, "Tanh": 1, "Erf": 1, "Round": 1, "IsNaN": 1,
-    "IsInf": 1, "Xor": 1, "BitShift": 1, "ArgMax": 1, "ArgMin": 1, "CumSum": 1,
-    "GatherElements": 1, "GatherND": 1, "NonZero": 1, "OneHot": 1, "Trilu": 1,
-    "Softmax": 13, "LogSoftmax": 13, "ReduceL1": 1, "ReduceL2": 1, "ReduceSumSquare": 1,
-    "ReduceLogSumExp": 1,
+    # specification (and onnxruntime) does, in the forms ``_reference_refusal`` lets through;
+    # tests/test_interpret.py checks each against onnxruntime
+    "Split": 1, "Pow": 1, "TopK": 1, "Mod": 1, "Clip": 13, "Relu": 1, "Sign": 1, "Exp": 1,
+    "Log": 1, "Sigmoid": 1, "Tanh": 1, "Erf": 1, "Sin": 1, "Cos": 1, "Round": 1, "IsNaN": 1,
+    "IsInf": 1, "Xor": 1, "BitShift": 1, "CumSum": 1, "GatherND": 1, "NonZero": 1,
+    "Trilu": 1, "Softmax": 13, "LogSoftmax": 13, "ReduceL1": 1, "ReduceL2": 1,
+    "ReduceSumSquare": 1,
 }
-"""Ops outside ``OPS`` that :func:`run` hands to onnx's reference evaluator."""
+"""Ops outside ``OPS`` that :func:`run` hands to onnx's reference evaluator. Every other op
+(and every form ``_reference_refusal`` names) is left to run time; onnxruntime folds such
+constants itself when it loads the model, so the runtime loses nothing."""
+
+
+def _reference_refusal(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None],
+                       attrs: dict[str, Any], opset: int) -> str | None:
+    """Why a form of an op of ``REFERENCE_OPS`` is not handed over: where the reference
+    evaluator computes another value than onnxruntime, or a value where onnxruntime raises."""
+    op = node.op_type
+    x = inputs[0] if inputs else None
+    if x is None:
+        return "no input"
+    if op == "Pow" and x.dtype.kind != "f":
+        return "integer Pow (onnxruntime and numpy overflow differently)"
+    if op == "Mod":
+        if x.dtype.kind == "f" and not attrs.get("fmod", 0):
+            return "float Mod without fmod (onnxruntime refuses it)"
+        d = inputs[1] if len(inputs) > 1 else None
+        if x.dtype.kind != "f" and (d is None or np.any(np.asarray(d) == 0)):
+            return "integer Mod by zero"
+    if op == "TopK" and not attrs.get("sorted", 1):
+        return "unsorted TopK (its order is the implementation's)"
+    if op == "NonZero" and x.ndim == 0:
+        return "NonZero of a scalar"
+    if op.startswith("Reduce") and x.dtype.kind != "f":
+        return "an integer reduction (the reference widens its type)"
+    if op == "Split" and opset < 18:
+        split = attrs.get("split") if opset < 13 else (inputs[1] if len(inputs) > 1 else None)
+        axis = int(attrs.get("axis", 0))
+        if split is None and x.shape[axis] % max(len(node.output), 1):
+            return "an uneven Split without split sizes (onnxruntime refuses it)"
+    return None
 
 
 def run(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None], opset: int) -> list[np.ndarray]:
@@ -80,8 +112,12 @@ def run(node: onnx.NodeProto, inputs: Sequence[np.ndarray | None], opset: int) -
             return [np.asarray(v) for v in impl(list(inputs), attrs, opset)]
         except _Fallback:
             pass
-    elif opset < REFERENCE_OPS.get(node.op_type, opset + 1):
-        raise Unevaluable(f"{node.op_type} at opset {opset} is left to run time")
+    else:
+        if opset < REFERENCE_OPS.get(node.op_type, opset + 1):
+            raise Unevaluable(f"{node.op_type} at opset {opset} is left to run time")
+        why = _reference_refusal(node, inputs, attrs, opset)
+        if why is not None:
+            raise Unevaluable(f"{node.op_type}: {why} is left to run time")
     return _reference(node, inputs, opset)
 
 

@@ -16,7 +16,8 @@ would exceed the protobuf limit or when asked; if the model's own rename fails a
 file was replaced, the previous data file is put back. New files get the permissions a plain
 ``open()`` would give them (``0o666`` minus the umask); a replaced file keeps its mode. An
 existing target that is not a regular file (a FIFO, a device, a directory) is never replaced
-(:func:`refuse_special`); a symlink to a regular file is, as a link.
+(:func:`refuse_special`); a symlink to a regular file is, as a link. A folder no file can be
+made in is found before any work (:func:`refuse_unwritable`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ __all__ = [
     "output_types",
     "payload_bound",
     "refuse_special",
+    "refuse_unwritable",
     "save",
     "serialize_chunks",
     "serialized_size",

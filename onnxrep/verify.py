@@ -513,8 +513,9 @@ def make_feeds(
     sizes: dict[str, int] = {}
     for inp in inputs:
         for d, size in zip(inp.shape or (), shapes.get(inp.name, ()), strict=False):
-            if isinstance(d, str) and d:
-                sizes.setdefault(d, size)
+            if isinstance(d, str) and d and sizes.setdefault(d, size) != size:
+                raise OnnxrepError(f"--shape gives the dimension {d!r} two sizes "
+                                   f"({sizes[d]} and {size})")
     feeds = {}
     for inp in inputs:
         if inp.name in shapes:
@@ -703,11 +704,13 @@ def _diff_value(name: str, ref: object, got: object, atol: float | None,
     element; they may differ in shape) and maps (ZipMap's: the values of equal keys, as the
     type ``values`` that the output declares, with its tolerance)."""
     if isinstance(ref, dict) or isinstance(got, dict):
-        if not (isinstance(ref, dict) and isinstance(got, dict)) or ref.keys() != got.keys():
+        if not (isinstance(ref, dict) and isinstance(got, dict)):
+            return _mismatch(name, "a map against another kind of output")
+        if ref.keys() != got.keys():
             return _mismatch(name, "map keys differ")
         keys = list(ref)
-        return _diff_value(name, [np.asarray([ref[k] for k in keys], dtype=values)],
-                           [np.asarray([got[k] for k in keys], dtype=values)], atol, rtol)
+        return _diff(name, np.asarray([ref[k] for k in keys], dtype=values),
+                     np.asarray([got[k] for k in keys], dtype=values), atol, rtol)
     if isinstance(ref, (list, tuple)) or isinstance(got, (list, tuple)):
         if not (isinstance(ref, (list, tuple)) and isinstance(got, (list, tuple))):
             return _mismatch(name, "a sequence against a tensor")
@@ -725,6 +728,8 @@ def _diff_value(name: str, ref: object, got: object, atol: float | None,
 
 
 def _mismatch(name: str, note: str) -> OutputDiff:
+    """A failed verdict for outputs of different kinds or structures (no distance: ``inf``,
+    written ``null`` in JSON), ``note`` saying how they differ."""
     inf = float("inf")
     return OutputDiff(name, "object", [], inf, inf, inf, 0.0, 0.0, 0.0, 0.0, False, note=note)
 

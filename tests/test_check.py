@@ -57,8 +57,8 @@ def test_check_parity_failure_exits_1(model_path: Path, wrong_optimizer, capsys)
 def test_check_speedup_below_the_bar_exits_3(model_path: Path, tmp_path: Path,
                                              capsys) -> None:
     page = tmp_path / "check.html"
-    code = main(["check", str(model_path), *FAST, "--min-speedup", "1000", "-q",
-                 "--report", str(page)])
+    code = main(["check", str(model_path), *FAST, "--runs", "10", "--min-speedup", "1000",
+                 "-q", "--report", str(page)])
     assert code == EXIT_TOO_SLOW
     captured = capsys.readouterr()
     assert captured.out == ""  # --quiet: only the failure on stderr

@@ -10,6 +10,7 @@ rescaling output channels commutes with all of them. Exact.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +42,9 @@ def parse(node: gs.Node, shapes: ShapeInfo) -> Layer:
         raise fold_refusal(f"the weight of ConvTranspose {node.name!r}", weight.dtype)
     g = int(attrs["group"])
     shape = tuple(weight.shape)
+    if has_b and math.prod(node.inputs[2].shape or ()) != shape[1] * g:
+        raise Refused(f"ConvTranspose {node.name!r} has a bias of another size than its "
+                      f"{shape[1] * g} output channels")
     kept = dict(node.attrs)
 
     def rewrite(scale: np.ndarray, shift: np.ndarray) -> tuple[str, list, dict]:

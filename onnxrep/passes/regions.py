@@ -344,6 +344,9 @@ def conv_map(node: gs.Node, ctx: RegionContext) -> nx.ConvMap:
     bias = constant(node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else np.zeros(
         shape[0]
     )
+    if bias.size != shape[0]:  # onnxruntime refuses it too; not a bias of this conv
+        raise Refused(f"Conv {node.name!r} has a bias of {bias.size} values for {shape[0]} "
+                      "output channels")
     values = nx.Lazy(shape, lambda: constant(weight).astype(np.float64))
     return nx.ConvMap(
         values, bias, strides, dilations, pads if pads is not None else (0,) * (2 * r), group,

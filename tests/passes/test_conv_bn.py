@@ -179,3 +179,20 @@ def test_skip_switches_a_family_off() -> None:
     r = optimized(model, {"Conv": 1, "BatchNormalization": 1}, skip=("conv-bn",))
     assert not r.applied
     assert op_counts(r.model) == op_counts(model)
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_a_bias_of_another_size_than_the_output_channels_is_refused(op: str) -> None:
+    """torch's dynamo exporter writes a Conv3d's missing bias as ``Expand(0, [Cout, 2])``;
+    onnxruntime refuses such a model, and a fold refuses it in a sentence (it was a bare
+    numpy broadcasting error)."""
+    import onnxrep
+
+    g = GraphBuilder(seed=40)
+    x = g.input([1, 4, 5, 5])
+    w = g.init(g.rng.standard_normal((4, 4, 3, 3)) * 0.1)
+    b = g.init(np.zeros(8))
+    y = g.bn(g.node(op, [x, w, b], kernel_shape=[3, 3]), 4)
+    r = onnxrep.optimize(g.model([y]), audit=False)
+    assert not r.applied
+    assert any("bias" in why and "output channels" in why for why in reasons(r)), reasons(r)
