@@ -31,6 +31,7 @@ computing the same bias in float32, may differ from it (see :func:`pad`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -401,6 +402,42 @@ def _align(maps: Sequence[Map]) -> tuple[tuple[int, ...], tuple[int, ...], tuple
     return tuple(kernel), tuple(dilations), tuple(begins + ends), [tuple(o) for o in offsets]
 
 
+def _common_dilation(convs: list[ConvMap]) -> list[ConvMap]:
+    """The convs with one dilation per axis: the gcd ``g`` of the dilations of the kernels
+    wider than a tap there. A kernel of ``k`` taps ``d`` apart is the kernel of
+    ``(k - 1) * d / g + 1`` taps ``g`` apart with zeros between its own (the same products
+    at the same input positions, and zero ones between them, as any kernel placed in a
+    larger frame has: UniRepLKNet's dilated branches merged into its large kernel). Strides
+    and pads stay as they are."""
+    r = convs[0].rank
+    if any(c.rank != r for c in convs):
+        return convs
+    common = []
+    for i in range(r):
+        wide = [c.dilations[i] for c in convs if c.kernel[i] > 1]
+        common.append(math.gcd(*wide) if wide else 1)
+    out = []
+    for c in convs:
+        step = tuple(c.dilations[i] // common[i] if c.kernel[i] > 1 else 1 for i in range(r))
+        if all(f == 1 for f in step):
+            out.append(c)
+            continue
+        kernel = tuple((k - 1) * f + 1 for k, f in zip(c.kernel, step, strict=True))
+        dilations = tuple(common[i] if c.kernel[i] > 1 else c.dilations[i] for i in range(r))
+        out.append(replace(c, weight=Lazy(c.weight.shape[:2] + kernel,
+                                          functools.partial(_spread, c.weight, step, kernel)),
+                           dilations=dilations))
+    return out
+
+
+def _spread(weight: Lazy, step: tuple[int, ...], kernel: tuple[int, ...]) -> np.ndarray:
+    """``weight``'s taps ``step`` apart in a zero kernel of shape ``kernel``."""
+    values = weight.value()
+    out = np.zeros(values.shape[:2] + kernel)
+    out[(slice(None), slice(None), *(slice(None, None, f) for f in step))] = values
+    return out
+
+
 def _place(weight: np.ndarray, kernel: tuple[int, ...], offset: tuple[int, ...]) -> np.ndarray:
     """Put ``weight`` into a zero kernel of shape ``kernel`` at ``offset``."""
     out = np.zeros(weight.shape[:2] + kernel)
@@ -481,7 +518,7 @@ def add(maps: Sequence[Map], signs: Sequence[float] | None = None) -> Map:
                 raise Refused(f"identity branch needs equal in/out channels ({cin} != {cout})")
             if m.channels is not None and m.channels != cout:
                 raise Refused("identity branch has a different channel count")
-    convs = [regroup(to_conv(m, group, cout), group) for m in maps]
+    convs = _common_dilation([regroup(to_conv(m, group, cout), group) for m in maps])
     kernel, dilations, pads, offsets = _align(convs)
     parents = [(s, m.weight, o) for s, m, o in zip(signs, convs, offsets, strict=True)]
     shape = (cout, convs[0].weight.shape[1], *kernel)
@@ -504,7 +541,7 @@ def concat(maps: Sequence[Map], channels: int | None = None) -> ConvMap:
     if len(cins) > 1:
         raise Refused("concatenated branches read different channel counts")
     cin = cins.pop() if cins else channels
-    convs = [regroup(to_conv(m, 1, cin), 1) for m in maps]
+    convs = _common_dilation([regroup(to_conv(m, 1, cin), 1) for m in maps])
     kernel, dilations, pads, offsets = _align(convs)
     parents = [(m.weight, o) for m, o in zip(convs, offsets, strict=True)]
     weight = Lazy(

@@ -114,7 +114,6 @@ def test_add_refuses_unequal_strides_dilations_and_frames() -> None:
     base = conv(8, 8, (3, 3), pads=(1, 1, 1, 1))
     cases = {
         "strides": conv(8, 8, (1, 1), strides=(2, 2)),
-        "dilations": conv(8, 8, (3, 3), pads=(2, 2, 2, 2), dilations=(2, 2)),
         "output sizes": conv(8, 8, (1, 1), pads=(1, 1, 1, 1)),
     }
     for word, other in cases.items():
@@ -126,6 +125,20 @@ def test_add_refuses_unequal_strides_dilations_and_frames() -> None:
         nx.add([dil, odd])
     with pytest.raises(Refused, match="in/out channels"):
         nx.add([conv(8, 4, (1, 1)), nx.ChannelAffine.identity(2)])
+
+
+def test_add_of_different_dilations_spreads_the_taps() -> None:
+    """A 3x3 and a 3x3 at dilation 2 (and one at 3 on one axis): a 7x5 kernel at dilation
+    1, the same map."""
+    maps = [conv(8, 8, (3, 3), pads=(1, 1, 1, 1)),
+            conv(8, 8, (3, 3), pads=(2, 2, 2, 2), dilations=(2, 2)),
+            conv(8, 8, (3, 3), pads=(3, 2, 3, 2), dilations=(3, 2))]
+    merged = nx.add(maps)
+    assert isinstance(merged, nx.ConvMap)
+    assert merged.kernel == (7, 5) and merged.dilations == (1, 1)
+    x = x_of(8, 11, 9)
+    np.testing.assert_allclose(run(merged, x), sum(run(m, x) for m in maps), rtol=1e-12,
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize(("groups", "want_group"), [

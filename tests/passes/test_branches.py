@@ -119,7 +119,6 @@ def test_branches_reading_different_tensors() -> None:
 @pytest.mark.parametrize(
     ("a", "b", "word"),
     [
-        (dict(k=3, dilation=2, pads=[2, 2, 2, 2]), dict(k=3), "dilations"),
         (dict(k=3, dilation=2, pads=[2, 2, 2, 2]), dict(k=3, dilation=2, pads=[1, 1, 3, 3]),
          "whole number"),
     ],
@@ -358,3 +357,40 @@ def test_random_branch_sums_collapse_to_one_conv_per_source(case) -> None:
         # the only reason to keep branches apart here: e.g. 1x7 + 7x1 would become a 7x7, or a
         # depthwise and a dense branch a dense conv of more work
         assert any("would cost" in s for s in reasons(r)), (counts, reasons(r))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dilated_branches_merge_into_the_large_kernel(stride: int) -> None:
+    """UniRepLKNet's dilated reparam block: a 9x9 depthwise kernel and dilated small ones
+    (5x5 at 2, 3x3 at 3 and 4), each with BN, summed: one 9x9 depthwise Conv, the small
+    kernels' taps spread out with zeros between them."""
+    g = GraphBuilder(seed=41)
+    x = g.input([2, C, 17, 19])
+    branches = [conv_bn(g, x, k, dilation=d, group=C, stride=stride, cin=C)
+                for k, d in ((9, 1), (5, 2), (3, 3), (3, 4))]
+    y = g.node("Sum", branches)
+    r = optimized(g.model([y]), {"Conv": 1})
+    assert r.applied_by_pattern() == {"branches": 1}
+    (w,) = [t for t in r.model.graph.initializer if len(t.dims) == 4]
+    assert list(w.dims) == [C, 1, 9, 9]
+
+
+def test_dilations_with_a_common_factor_keep_it() -> None:
+    """Dilations 2 and 4: one kernel at dilation 2 (the 3x3 at 4 becomes a 5x5 at 2)."""
+    g = GraphBuilder(seed=42)
+    x = g.input([1, C, 16, 16])
+    y = g.node("Add", [conv_bn(g, x, 5, dilation=2, group=C), conv_bn(g, x, 3, dilation=4,
+                                                                        group=C)])
+    r = optimized(g.model([y]), {"Conv": 1})
+    conv = next(n for n in r.model.graph.node if n.op_type == "Conv")
+    assert next(a.ints for a in conv.attribute if a.name == "dilations") == [2, 2]
+
+
+def test_a_dilated_dense_branch_that_would_cost_more_stays() -> None:
+    """A dense 3x3 and a 3x3 at dilation 2 would be one 5x5 (25 taps for 18): left apart."""
+    g = GraphBuilder(seed=43)
+    x = g.input([1, C, 12, 12])
+    y = g.node("Add", [conv_bn(g, x, 3), conv_bn(g, x, 3, dilation=2)])
+    r = optimized(g.model([y]))
+    assert op_counts(r.model)["Conv"] == 2
+    assert any("MACs per pixel" in why for why in reasons(r)), reasons(r)
