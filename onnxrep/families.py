@@ -51,7 +51,8 @@ FAMILIES: tuple[Family, ...] = (
            "Linear_b(x)) / 2)", "one Gemm (MatMul and Add on N-D inputs)", "regions",
            "onnxrep.passes.dense"),
     Family("commute", "BN or a 1x1 conv, then GlobalAveragePool / ReduceMean over space / "
-           "Flatten / a Reshape that keeps the channel axis, then a dense layer",
+           "Flatten / a Reshape that keeps the channel axis, then a dense layer; a dense "
+           "layer, then token features transposed to axis 1 and back around a BN",
            "the data movement first, the map inside the dense layer", "regions",
            "onnxrep.passes.dense"),
     Family("avgpool", "AveragePool inside a region", "part of the Conv (a depthwise kernel)",

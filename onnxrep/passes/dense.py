@@ -25,7 +25,10 @@ through the ops between it and such a layer, which keep the channels where they 
 map is the map of the mean), and ``Flatten``, ``Reshape`` and ``Squeeze`` that drop unit
 spatial axes or regroup the leading axes of token features. So
 ``Gemm(Flatten(GAP(BN(x))))`` → ``Gemm'(Flatten(GAP(x)))``: the data movement is replayed on
-``x``, the BN goes into the Gemm. A Reshape that moves the feature axis is refused.
+``x``, the BN goes into the Gemm. A Reshape that moves the feature axis is refused. Token
+features transposed to axis 1 and back (``[B, T, C] → [B, C, T]``, a BatchNorm1d over tokens)
+carry a dense map's output features with them: ``T(BN(T(Linear(x))))`` →
+``T(T(Linear'(x)))``.
 """
 
 from __future__ import annotations
@@ -193,6 +196,23 @@ def flatten_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
     if out_rank != 2 or axis != 1 or not _unit_spatial(node.inputs[0], ctx):
         return []
     return _moved(node, ctx, True, 1.0)
+
+
+@rule(COMMUTE, "Transpose")
+def transpose_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
+    """``[B, T, C] ↔ [B, C, T]``: token features moved to axis 1 and back, as a BatchNorm1d
+    over them is exported (``Linear → Transpose → BN → Transpose``). A dense map stays before
+    the transposes (they join its suffix, replayed after the rewritten layer); the BN between
+    them scales the same features. Any other permutation is left alone."""
+    rank = ctx.shapes.rank(node.inputs[0].name)
+    perm = [int(p) for p in node.attrs.get("perm", ())]
+    if rank != 3 or perm != [0, 2, 1] or not ctx.candidates.get(id(node.inputs[0])):
+        return []
+    out = []
+    for layout, into in ((LAST, NC), (NC, LAST)):
+        out += [c for c in _moved(node, ctx, False, 1.0, layout=layout, into=into)
+                if c.map.rank == 0]  # features, not a Conv1d's channels
+    return out
 
 
 @rule(COMMUTE, "Reshape")

@@ -302,3 +302,28 @@ def test_untouched_dense_layers_come_back_byte_identical() -> None:
     r = optimized(model, op_counts(model))
     assert r.model.SerializeToString() == model.SerializeToString()
     assert onnx.checker.check_model(r.model) is None
+
+
+def test_batchnorm1d_over_token_features_folds_into_the_linear_before_it() -> None:
+    """``Linear → Transpose(0, 2, 1) → BatchNorm1d → Transpose(0, 2, 1)`` on ``[B, T, C]``
+    (BatchNorm1d over tokens, as torch exports it): the BN goes into the MatMul's weights and
+    bias; the transposes stay (data movement, replayed)."""
+    g = GraphBuilder(seed=44)
+    x = g.input([2, 10, 16])
+    m = g.node("Add", [g.node("MatMul", [x, g.init(g.rng.standard_normal((16, 24)) * 0.3)]),
+                       g.init(g.rng.standard_normal(24) * 0.3)])
+    y = g.node("Transpose", [g.bn(g.node("Transpose", [m], perm=[0, 2, 1]), 24)],
+               perm=[0, 2, 1])
+    r = optimized(g.model([g.node("Relu", [y])]),
+                  {"MatMul": 1, "Add": 1, "Transpose": 2, "Relu": 1})
+    assert r.applied_by_pattern() == {"dense": 1}
+
+
+def test_a_transpose_that_is_no_token_swap_moves_nothing() -> None:
+    """A Transpose with another permutation keeps the BN after it."""
+    g = GraphBuilder(seed=45)
+    x = g.input([2, 10, 16])
+    m = g.node("MatMul", [x, g.init(g.rng.standard_normal((16, 16)) * 0.3)])
+    y = g.bn(g.node("Transpose", [m], perm=[1, 2, 0]), 16)
+    r = optimized(g.model([y]), {"MatMul": 1, "Transpose": 1, "BatchNormalization": 1})
+    assert not r.applied
