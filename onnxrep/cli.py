@@ -352,13 +352,22 @@ def _warm_up(args: argparse.Namespace) -> None:
 
 
 def _require(args: argparse.Namespace, *, parity: bool, timing: bool) -> None:
-    """Refuse a runtime that is not installed before any work is done."""
-    from onnxrep.verify import require
+    """Refuse, before any work is done, a runtime that is not installed and inputs that
+    cannot be made as asked: fewer than one seed, a malformed ``--shape``, or ``--shape``
+    beside ``--inputs`` (whose arrays have their shapes already)."""
+    from onnxrep.verify import parse_shapes, require
 
     if parity:
         require(args.reference)
+        if getattr(args, "seeds", 1) < 1:
+            raise OnnxrepError("--seeds must be at least 1")
     if parity or timing:
         require(args.runtime)
+        if getattr(args, "shape", None):
+            parse_shapes(args.shape)
+            if getattr(args, "inputs", None):
+                raise OnnxrepError("--shape and --inputs both say what the inputs are; the "
+                                   "arrays of --inputs have their shapes: give one of them")
 
 
 def _verify(ui: _Console, args: argparse.Namespace, a: object, b: object) -> CompareResult:

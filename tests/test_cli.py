@@ -444,3 +444,28 @@ def test_outputs_of_different_kinds_say_so() -> None:
     same = _diff_value("m", [{1: 0.5, 2: 0.25}], [{1: 0.5, 2: 0.25}], None, None,
                        np.dtype(np.float32))
     assert same.ok and same.shape == [1, 2] and same.dtype == "float32"
+
+
+def test_input_options_that_cannot_work_are_refused_before_any_work(
+    model_path: Path, tmp_path: Path, capsys, monkeypatch,
+) -> None:
+    import onnxrep.pipeline
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("optimized before refusing")
+
+    monkeypatch.setattr(onnxrep.pipeline, "optimize", no_work)
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, x=np.zeros((1, 8, 12, 12), np.float32))
+    out = tmp_path / "out.onnx"
+    for args, said in (
+        (["optimize", str(model_path), "-o", str(out), "--verify", "--seeds", "0"],
+         "--seeds must be at least 1"),
+        (["compare", str(model_path), str(model_path), "--inputs", str(inputs), "--shape",
+          "x:1x8x12x12"], "--shape and --inputs"),
+        (["bench", str(model_path), "--shape", "x:1xa"], "bad --shape"),
+    ):
+        assert main(args) == 2
+        captured = capsys.readouterr()
+        assert said in captured.err, captured.err
+    assert not out.exists()
