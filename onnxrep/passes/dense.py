@@ -210,8 +210,11 @@ def transpose_rule(node: gs.Node, ctx: RegionContext) -> list[Candidate]:
         return []
     out = []
     for layout, into in ((LAST, NC), (NC, LAST)):
-        out += [c for c in _moved(node, ctx, False, 1.0, layout=layout, into=into)
-                if c.map.rank == 0]  # features, not a Conv1d's channels
+        for c in ctx.operands(node, 0, COMMUTE, layouts=(layout,), suffixed=True):
+            if c.nodes and c.map.rank == 0:  # features, not a Conv1d's channels
+                # after the layer, always: replayed before it, the transpose would hand a
+                # dense layer a tensor whose features are not on its last axis
+                out.append(c.followed_by(node, COMMUTE, into))
     return out
 
 

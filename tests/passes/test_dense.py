@@ -327,3 +327,23 @@ def test_a_transpose_that_is_no_token_swap_moves_nothing() -> None:
     y = g.bn(g.node("Transpose", [m], perm=[1, 2, 0]), 16)
     r = optimized(g.model([y]), {"MatMul": 1, "Transpose": 1, "BatchNormalization": 1})
     assert not r.applied
+
+
+@pytest.mark.parametrize("after", ["Relu", "BatchNormalization", "MatMul"])
+def test_a_linear_transposed_once_stays_a_matmul_on_its_own_features(after: str) -> None:
+    """``Linear → Transpose(0, 2, 1) → ...`` with no transpose back (MLP-Mixer's token
+    mixing): the transpose stays after the layer. Replayed before it, it handed a Gemm a
+    rank-3 tensor, which onnxruntime refuses."""
+    g = GraphBuilder(seed=46)
+    x = g.input([2, 10, 16])
+    m = g.node("Add", [g.node("MatMul", [x, g.init(g.rng.standard_normal((16, 12)) * 0.3)]),
+                       g.init(g.rng.standard_normal(12) * 0.3)])
+    t = g.node("Transpose", [m], perm=[0, 2, 1])  # [2, 12, 10]
+    if after == "Relu":
+        y, ops = g.node("Relu", [t]), {"MatMul": 1, "Add": 1, "Transpose": 1, "Relu": 1}
+    elif after == "BatchNormalization":
+        y, ops = g.bn(t, 12), {"MatMul": 1, "Add": 1, "Transpose": 1}
+    else:
+        y = g.node("MatMul", [g.bn(t, 12), g.init(g.rng.standard_normal((10, 4)) * 0.3)])
+        ops = {"MatMul": 2, "Add": 1, "Transpose": 1}
+    optimized(g.model([y]), ops)
